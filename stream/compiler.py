@@ -1,0 +1,368 @@
+"""Compile a detection's IR (stream.ir) into one Python callable.
+
+A matcher is `match(event, low) -> bool` where `event` is the flat event and
+`low` maps each scalar field to its lower-cased text (built once per event by
+the engine). Compilation merges OR-lists of string values on one field into a
+single predicate (set lookup, startswith/endswith tuples, one alternation) and
+orders AND children so cheap, selective checks run first.
+
+`needles(ir)` gives literal texts of which at least one must occur in the
+event's lower-cased text for the rule to match (None: no such guarantee); the
+prefilter uses them to skip rules.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from stream import values as V
+
+Matcher = Callable[[dict, dict], bool]
+MISSING = object()
+
+STRING_KINDS = ("eq", "contains", "startswith", "endswith")
+ROUTING_FIELDS = frozenset({"Channel", "EventID"})
+MIN_NEEDLE = 3
+
+
+def compile_detection(ir: tuple) -> Matcher:
+    """IR tree -> matcher callable."""
+    kind = ir[0]
+    if kind == "and":
+        return _all([compile_detection(c) for c in sorted(ir[1], key=_and_order)])
+    if kind == "or":
+        return _any(_compile_or_children(ir[1]))
+    if kind == "not":
+        inner = compile_detection(ir[1])
+        return lambda ev, low: not inner(ev, low)
+    if kind == "const":
+        value = ir[1]
+        return lambda ev, low: value
+    if kind == "field":
+        return field_matcher(ir[1], ir[2])
+    if kind == "kw":
+        return keyword_matcher(ir[1])
+    raise ValueError(f"unknown IR node {kind!r}")
+
+
+def _and_order(node: tuple) -> int:
+    """Cheap and selective first; checks the router already guaranteed last."""
+    kind = node[0]
+    if kind == "field":
+        if node[1] in ROUTING_FIELDS:
+            return 5
+        return 0 if node[2][0] in STRING_KINDS else 1
+    if kind == "kw":
+        return 2
+    if kind == "or":
+        return 2
+    if kind == "and":
+        return 3
+    return 4  # not, const
+
+
+def _all(fs: list[Matcher]) -> Matcher:
+    if len(fs) == 1:
+        return fs[0]
+    if len(fs) == 2:
+        a, b = fs
+        return lambda ev, low: a(ev, low) and b(ev, low)
+    if len(fs) == 3:
+        a, b, c = fs
+        return lambda ev, low: a(ev, low) and b(ev, low) and c(ev, low)
+    t = tuple(fs)
+
+    def match_all(ev: dict, low: dict) -> bool:
+        for f in t:
+            if not f(ev, low):
+                return False
+        return True
+    return match_all
+
+
+def _any(fs: list[Matcher]) -> Matcher:
+    if len(fs) == 1:
+        return fs[0]
+    if len(fs) == 2:
+        a, b = fs
+        return lambda ev, low: a(ev, low) or b(ev, low)
+    t = tuple(fs)
+
+    def match_any(ev: dict, low: dict) -> bool:
+        for f in t:
+            if f(ev, low):
+                return True
+        return False
+    return match_any
+
+
+def _mergeable(node: tuple) -> bool:
+    """A case-insensitive string comparison, foldable into a per-field any-of."""
+    if node[0] == "field":
+        spec = node[2]
+    elif node[0] == "kw":
+        spec = node[1]
+    else:
+        return False
+    return (spec[0] in STRING_KINDS and not spec[2]) or (spec[0] == "wild" and not spec[3])
+
+
+def _compile_or_children(children: tuple) -> list[Matcher]:
+    groups: dict[Any, list[tuple]] = {}
+    rest: list[tuple] = []
+    for c in children:
+        if _mergeable(c):
+            key = c[1] if c[0] == "field" else None  # None: keywords
+            groups.setdefault(key, []).append(c)
+        else:
+            rest.append(c)
+    out: list[Matcher] = []
+    for key, nodes in groups.items():
+        if len(nodes) == 1:
+            out.append(compile_detection(nodes[0]))
+            continue
+        pred = _any_of([n[2] if n[0] == "field" else n[1] for n in nodes])
+        out.append(_low_field(key, pred) if key is not None else _low_keyword(pred))
+    out.extend(compile_detection(c) for c in rest)
+    return out
+
+
+def _any_of(specs: list[tuple]) -> V.Pred:
+    buckets: dict[str, list[str]] = {"eq": [], "startswith": [], "endswith": [], "contains": [],
+                                     "wild": []}
+    for spec in specs:
+        buckets[spec[0]].append(spec[1])
+    return V.any_of_pred(set(buckets["eq"]), buckets["startswith"], buckets["endswith"],
+                         buckets["contains"], buckets["wild"])
+
+
+# --- leaves -----------------------------------------------------------------------------
+
+def _spec_pred(spec: tuple) -> tuple[V.Pred, bool]:
+    """(predicate, works on lower-cased text?) for a value spec."""
+    kind = spec[0]
+    if kind in STRING_KINDS:
+        return V.string_pred(kind, spec[1]), not spec[2]
+    if kind == "wild":
+        return V.wild_pred(spec[1]), not spec[3]
+    if kind == "num":
+        return V.number_pred(spec[1]), True
+    if kind == "bool":
+        return V.bool_pred(spec[1]), True
+    if kind == "re":
+        return V.regex_pred(spec[1], spec[2]), False
+    if kind == "cidr":
+        return V.cidr_pred(spec[1]), False
+    if kind == "cmp":
+        return V.compare_pred(spec[1], spec[2]), False
+    if kind == "ts":
+        return V.timestamp_pred(spec[1], spec[2]), False
+    raise ValueError(f"spec {kind!r} has no value predicate")
+
+
+def field_matcher(field: str, spec: tuple) -> Matcher:
+    kind = spec[0]
+    if kind == "null":
+        return lambda ev, low: _lookup(ev, field) in (MISSING, None)
+    if kind == "exists":
+        want = spec[1]
+        # the specification: presence only, "be it empty or null"
+        return lambda ev, low: (_lookup(ev, field) is not MISSING) is want
+    if kind == "fieldref":
+        return _fieldref(field, spec[1], spec[2], spec[3])
+    pred, lowered = _spec_pred(spec)
+    return _low_field(field, pred) if lowered else _raw_field(field, pred)
+
+
+def keyword_matcher(spec: tuple) -> Matcher:
+    pred, lowered = _spec_pred(spec)
+    return _low_keyword(pred) if lowered else _raw_keyword(pred)
+
+
+def _low_field(field: str, pred: V.Pred) -> Matcher:
+    def match(ev: dict, low: dict) -> bool:
+        s = low.get(field)
+        if s is not None:
+            return pred(s)
+        return _slow(ev, field, pred, True)
+    return match
+
+
+def _raw_field(field: str, pred: V.Pred) -> Matcher:
+    def match(ev: dict, low: dict) -> bool:
+        v = ev.get(field)
+        if type(v) is str:
+            return pred(v)
+        return _slow(ev, field, pred, False)
+    return match
+
+
+def _slow(ev: dict, field: str, pred: V.Pred, lowered: bool) -> bool:
+    """Lists (any element), dotted paths into nested values, non-string scalars."""
+    v = _lookup(ev, field)
+    if v is MISSING or v is None or type(v) is dict:
+        return False
+    items = v if type(v) is list else (v,)
+    for item in items:
+        if item is None or type(item) in (dict, list):
+            continue
+        text = V.text_of(item)
+        if pred(text.lower() if lowered else text):
+            return True
+    return False
+
+
+def _lookup(ev: dict, field: str) -> Any:
+    v = ev.get(field, MISSING)
+    if v is MISSING and "." in field:
+        node: Any = ev
+        for part in field.split("."):
+            if type(node) is not dict or part not in node:
+                return MISSING
+            node = node[part]
+        return node
+    return v
+
+
+def _leaves(v: Any):
+    if type(v) is dict:
+        for x in v.values():
+            yield from _leaves(x)
+    elif type(v) is list:
+        for x in v:
+            yield from _leaves(x)
+    elif v is not None:
+        yield v
+
+
+def _low_keyword(pred: V.Pred) -> Matcher:
+    def match(ev: dict, low: dict) -> bool:
+        for s in low.values():
+            if pred(s):
+                return True
+        for v in ev.values():
+            if type(v) in (dict, list):
+                for leaf in _leaves(v):
+                    if pred(V.text_of(leaf).lower()):
+                        return True
+        return False
+    return match
+
+
+def _raw_keyword(pred: V.Pred) -> Matcher:
+    def match(ev: dict, low: dict) -> bool:
+        for leaf in _leaves(ev):
+            if pred(V.text_of(leaf)):
+                return True
+        return False
+    return match
+
+
+def _fieldref(field: str, other: str, starts: bool, ends: bool) -> Matcher:
+    def scalar(ev: dict, low: dict, name: str) -> str | None:
+        s = low.get(name)
+        if s is None:
+            v = _lookup(ev, name)
+            if v is MISSING or v is None or type(v) in (dict, list):
+                return None
+            s = V.text_of(v).lower()
+        return s
+
+    def match(ev: dict, low: dict) -> bool:
+        a = scalar(ev, low, field)
+        b = scalar(ev, low, other)
+        if a is None or b is None:
+            return False
+        if starts and ends:
+            return b in a
+        if starts:
+            return a.startswith(b)
+        if ends:
+            return a.endswith(b)
+        return a == b
+    return match
+
+
+# --- prefilter needles ------------------------------------------------------------------
+
+def needles(ir: tuple) -> frozenset[str] | None:
+    """Literals of which one must appear in the event text if the rule matches."""
+    kind = ir[0]
+    if kind == "and":
+        best: frozenset[str] | None = None
+        for c in ir[1]:
+            n = needles(c)
+            if n is not None and (best is None or _needle_score(n) > _needle_score(best)):
+                best = n
+        return best
+    if kind == "or":
+        acc: set[str] = set()
+        for c in ir[1]:
+            n = needles(c)
+            if n is None:
+                return None
+            acc |= n
+        return frozenset(acc)
+    if kind == "field":
+        if ir[1] in ROUTING_FIELDS:
+            return None
+        return _spec_needle(ir[2])
+    if kind == "kw":
+        return _spec_needle(ir[1])
+    if kind == "const" and ir[1] is False:
+        return frozenset()  # never matches: no needle needed
+    return None
+
+
+def _spec_needle(spec: tuple) -> frozenset[str] | None:
+    if spec[0] in STRING_KINDS:
+        text = spec[1].lower()
+    elif spec[0] == "wild":
+        text = spec[2].lower()
+    else:
+        return None
+    return frozenset((text,)) if len(text) >= MIN_NEEDLE else None
+
+
+def _needle_score(n: frozenset[str]) -> tuple[int, int]:
+    """Prefer needle sets whose shortest needle is longest, then fewer needles."""
+    if not n:
+        return (1 << 30, 0)
+    return (min(len(x) for x in n), -len(n))
+
+
+# --- explanations -----------------------------------------------------------------------
+
+def explain(ir: tuple, ev: dict, low: dict) -> list[dict]:
+    """The positive leaves that hold for this event: which selection/field/value matched."""
+    out: list[dict] = []
+    _explain(ir, ev, low, out)
+    return out
+
+
+def _explain(node: tuple, ev: dict, low: dict, out: list[dict]) -> bool:
+    kind = node[0]
+    if kind in ("and", "or"):
+        mark = len(out)
+        results = [_explain(c, ev, low, out) for c in node[1]]
+        ok = all(results) if kind == "and" else any(results)
+        if not ok:
+            del out[mark:]
+        return ok
+    if kind == "not":
+        return not compile_detection(node[1])(ev, low)
+    ok = compile_detection(node)(ev, low)
+    if ok and kind in ("field", "kw"):
+        origin = node[3] if kind == "field" else node[2]
+        if origin[0] != "logsource":
+            entry = {"selection": origin[0], "field": origin[1], "value": origin[2]}
+            if kind == "field":
+                v = _lookup(ev, node[1])
+                entry["event_value"] = None if v is MISSING else _short(v)
+            out.append(entry)
+    return ok
+
+
+def _short(v: Any, limit: int = 300) -> Any:
+    if type(v) is str and len(v) > limit:
+        return v[:limit] + f"... ({len(v)} chars)"
+    return v

@@ -1,0 +1,145 @@
+"""The matching engine: compiled rules, routed by log source, prefiltered by literals.
+
+Per event: find the bucket of rules for its (Channel, EventID) (built once per
+key and cached), lower-case the event's values once, scan them for the
+bucket's needles, and run the few candidate rules. `match_all` evaluates every
+rule on every event (no routing, no prefilter) and exists to check the index.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from stream.compiler import Matcher, compile_detection, explain, needles
+from stream.prefilter import NeedleIndex
+from stream.routing import LogsourceRouter, event_key, route_of
+from stream.rules import Rule
+
+log = logging.getLogger(__name__)
+MAX_BUCKETS = 4096  # distinct (channel, event id) keys kept; beyond that, built per event
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    rule: Rule
+    match: Matcher
+    index: int
+
+    def explain(self, event: dict) -> list[dict]:
+        low, _ = lower_event(event)
+        return explain(self.rule.ir, event, low)
+
+
+@dataclass(slots=True)
+class EngineError:
+    rule: Rule
+    reason: str
+
+
+class _Bucket:
+    __slots__ = ("rules", "index")
+
+    def __init__(self, rules: list[CompiledRule], rule_needles: list):
+        self.rules = rules
+        self.index = NeedleIndex([(i, rule_needles[r.index]) for i, r in enumerate(rules)])
+
+
+def lower_event(ev: dict) -> tuple[dict[str, str], list[str] | None]:
+    """Lower-cased text of each scalar field, and of values nested in lists/dicts."""
+    low: dict[str, str] = {}
+    nested: list[str] | None = None
+    for k, v in ev.items():
+        t = type(v)
+        if t is str:
+            low[k] = v.lower()
+        elif t is int or t is float:
+            low[k] = str(v)
+        elif t is bool:
+            low[k] = "true" if v else "false"
+        elif t is list or t is dict:
+            if nested is None:
+                nested = []
+            _collect_text(v, nested)
+    return low, nested
+
+
+def _collect_text(v: Any, out: list[str]) -> None:
+    if type(v) is dict:
+        for x in v.values():
+            _collect_text(x, out)
+    elif type(v) is list:
+        for x in v:
+            _collect_text(x, out)
+    elif v is not None:
+        out.append(("true" if v else "false") if type(v) is bool else str(v).lower())
+
+
+class Engine:
+    def __init__(self, rules: Sequence[Rule], on_error: Callable[[EngineError], None] | None = None):
+        self.errors: list[EngineError] = []
+        self._on_error = on_error
+        self.rules: list[CompiledRule] = []
+        routes, rule_needles = [], []
+        for rule in rules:
+            try:
+                matcher = compile_detection(rule.ir)
+            except Exception as e:  # IR that cannot be compiled: report, keep the rest
+                self._error(EngineError(rule, f"cannot compile: {e}"))
+                continue
+            self.rules.append(CompiledRule(rule, matcher, len(self.rules)))
+            routes.append(route_of(rule.ir))
+            rule_needles.append(needles(rule.ir))
+        self._needles = rule_needles
+        self._router = LogsourceRouter(routes)
+        self._buckets: dict[tuple[Any, Any], _Bucket] = {}
+
+    def _error(self, err: EngineError) -> None:
+        self.errors.append(err)
+        if self._on_error:
+            self._on_error(err)
+
+    def _bucket(self, channel: Any, event_id: Any) -> _Bucket:
+        ch, eid = event_key(channel, event_id)
+        members = [self.rules[i] for i in self._router.rules_for(ch, eid)]
+        return _Bucket(members, self._needles)
+
+    def match(self, event: dict) -> list[CompiledRule]:
+        """The rules that match this (normalised) event, in load order."""
+        key = (event.get("Channel"), event.get("EventID"))
+        try:
+            bucket = self._buckets[key]
+        except KeyError:
+            bucket = self._bucket(*key)
+            if len(self._buckets) < MAX_BUCKETS:
+                self._buckets[key] = bucket
+        except TypeError:  # unhashable Channel/EventID values
+            bucket = self._bucket(*key)
+        if not bucket.rules:
+            return []
+        low, nested = lower_event(event)
+        text = "\n".join(low.values())
+        if nested:
+            text = text + "\n" + "\n".join(nested)
+        rules = bucket.rules
+        return self._run([rules[i] for i in bucket.index.candidates(text)], event, low)
+
+    def match_all(self, event: dict) -> list[CompiledRule]:
+        """Brute force: every rule, no routing, no prefilter (reference for tests)."""
+        low, _ = lower_event(event)
+        return self._run(self.rules, event, low)
+
+    def _run(self, candidates: list[CompiledRule], event: dict, low: dict) -> list[CompiledRule]:
+        hits = []
+        for r in candidates:
+            try:
+                if r.match(event, low):
+                    hits.append(r)
+            except Exception as e:  # one odd value must not stop the stream
+                log.debug("rule %s failed on event: %s", r.rule.id, e)
+                self._error(EngineError(r.rule, f"evaluation failed: {type(e).__name__}: {e}"))
+        return hits
+
+    def stats(self) -> dict[str, Any]:
+        return {"rules": len(self.rules), "buckets": len(self._buckets),
+                "unfiltered_rules": sum(1 for n in self._needles if n is None)}

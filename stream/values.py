@@ -1,0 +1,181 @@
+"""Value predicates: one Sigma value spec (see stream.ir) -> a test on one event value.
+
+Two kinds of predicate exist, chosen per spec:
+- `low` predicates take the lower-cased text of an event value (the engine
+  builds it once per event), used by every case-insensitive string spec, numbers
+  and booleans;
+- `raw` predicates take the event value's own text (case kept), used by
+  `cased`, regular expressions, CIDR, comparisons and timestamp parts.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+Pred = Callable[[str], bool]
+
+
+def text_of(v: Any) -> str:
+    """The text form of a scalar event value (bools as JSON spells them)."""
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    return v if type(v) is str else str(v)
+
+
+# --- case-insensitive (lower-cased input) ---------------------------------------------
+
+def string_pred(kind: str, text: str) -> Pred:
+    if kind == "eq":
+        return text.__eq__
+    if kind == "contains":
+        return lambda s: text in s
+    if kind == "startswith":
+        return lambda s: s.startswith(text)
+    if kind == "endswith":
+        return lambda s: s.endswith(text)
+    raise ValueError(kind)
+
+
+def any_of_pred(eqs: set[str], starts: list[str], ends: list[str], contains: list[str],
+                wilds: list[str]) -> Pred:
+    """One predicate for an OR of string values on one field (the common Sigma list)."""
+    preds: list[Pred] = []
+    if eqs:
+        preds.append(frozenset(eqs).__contains__)
+    if starts:
+        t = tuple(starts)
+        preds.append(lambda s: s.startswith(t))
+    if ends:
+        t2 = tuple(ends)
+        preds.append(lambda s: s.endswith(t2))
+    if contains:
+        preds.append(contains_pred(contains))
+    if wilds:
+        rx = re.compile("|".join(f"(?:{w})" for w in wilds), re.DOTALL)
+        preds.append(lambda s: rx.fullmatch(s) is not None)
+    if len(preds) == 1:
+        return preds[0]
+    return lambda s: any(p(s) for p in preds)
+
+
+def contains_pred(needles: list[str]) -> Pred:
+    if len(needles) == 1:
+        n = needles[0]
+        return lambda s: n in s
+    if len(needles) <= 4:
+        t = tuple(needles)
+        return lambda s: any(n in s for n in t)
+    ordered = sorted(set(needles), key=len, reverse=True)
+    rx = re.compile("|".join(map(re.escape, ordered)))
+    return lambda s: rx.search(s) is not None
+
+
+def wild_pred(regex: str) -> Pred:
+    rx = re.compile(regex, re.DOTALL)
+    return lambda s: rx.fullmatch(s) is not None
+
+
+def number_pred(n: int | float) -> Pred:
+    """`EventID: 4104` matches 4104, "4104" and "4104.0"."""
+    text = str(n).lower()
+
+    def pred(s: str) -> bool:
+        if s == text:
+            return True
+        try:
+            return float(s) == n
+        except ValueError:
+            return False
+    return pred
+
+
+def bool_pred(b: bool) -> Pred:
+    return ("true" if b else "false").__eq__
+
+
+# --- case-kept (raw text input) --------------------------------------------------------
+
+def cased_pred(kind: str, text: str, regex: str | None = None) -> Pred:
+    if kind == "wild":
+        return wild_pred(regex)  # the regex was built from the unlowered parts
+    return string_pred(kind, text)
+
+
+def regex_pred(pattern: str, flags: int) -> Pred:
+    rx = re.compile(pattern, flags)
+    return lambda s: rx.search(s) is not None
+
+
+def cidr_pred(network: str) -> Pred:
+    net = ipaddress.ip_network(network)
+
+    def pred(s: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(s.strip().split("%", 1)[0])
+        except ValueError:
+            return False
+        return addr.version == net.version and addr in net
+    return pred
+
+
+_CMP = {
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "neq": lambda a, b: a != b,
+}
+
+
+def compare_pred(op: str, n: int | float) -> Pred:
+    cmp = _CMP[op]
+
+    def pred(s: str) -> bool:
+        try:
+            return cmp(float(s), n)
+        except ValueError:
+            return False
+    return pred
+
+
+_TS_PARTS: dict[str, Callable[[datetime], int]] = {
+    "minute": lambda d: d.minute,
+    "hour": lambda d: d.hour,
+    "day": lambda d: d.day,
+    "week": lambda d: d.isocalendar()[1],
+    "month": lambda d: d.month,
+    "year": lambda d: d.year,
+}
+
+
+def parse_timestamp(s: str) -> datetime | None:
+    """ISO-8601 (with Z, offset or a space), or epoch seconds/milliseconds -> UTC datetime."""
+    s = s.strip()
+    try:
+        num = float(s)
+    except ValueError:
+        pass
+    else:
+        if num > 1e11:  # milliseconds
+            num /= 1000.0
+        return datetime.fromtimestamp(num, tz=timezone.utc)
+    try:
+        d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if d.tzinfo is None:
+        return d.replace(tzinfo=timezone.utc)
+    return d.astimezone(timezone.utc)
+
+
+def timestamp_pred(part: str, n: int) -> Pred:
+    get = _TS_PARTS[part]
+
+    def pred(s: str) -> bool:
+        d = parse_timestamp(s)
+        return d is not None and get(d) == n
+    return pred
