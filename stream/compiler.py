@@ -149,7 +149,7 @@ def _spec_pred(spec: tuple) -> tuple[V.Pred, bool]:
     if kind == "bool":
         return V.bool_pred(spec[1]), True
     if kind == "re":
-        return V.regex_pred(spec[1], spec[2]), False
+        return V.regex_pred(spec[1], spec[2], spec[3]), False
     if kind == "cidr":
         return V.cidr_pred(spec[1]), False
     if kind == "cmp":

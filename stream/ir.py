@@ -14,7 +14,7 @@ Specs (the value side):
     ("eq"|"contains"|"startswith"|"endswith", text, cased)
     ("wild", regex_source, longest_literal, cased)
     ("num", number)   ("bool", bool)   ("null",)   ("exists", bool)
-    ("re", pattern, flags)   ("cidr", network)   ("cmp", op, number)
+    ("re", pattern, flags, risky)   ("cidr", network)   ("cmp", op, number)
     ("fieldref", other_field, starts_with, ends_with)   ("ts", part, number)
 
 Case-insensitive texts are stored lower-cased. `origin` is (selection, label, value as written)
@@ -54,7 +54,7 @@ from sigma.types import (
     SpecialChars,
 )
 
-IR_VERSION = 5  # bump when the IR shape or its semantics change (invalidates caches)
+IR_VERSION = 6  # bump when the IR shape or its semantics change (invalidates caches)
 
 Placeholders = dict[str, list[str]]
 
@@ -173,11 +173,9 @@ def regex_spec(pattern: str, flags: Any) -> tuple:
         re.compile(pattern, py_flags)
     except re.error as e:
         raise IRError(f"invalid regular expression {pattern!r}: {e}") from None
-    if _NESTED_QUANTIFIER.search(pattern):
-        raise IRError(
-            f"regular expression {pattern!r} nests quantifiers (catastrophic backtracking risk)"
-        )
-    return ("re", pattern, py_flags)
+    # nested open-ended quantifiers can backtrack exponentially: evaluated with a time limit
+    risky = bool(_NESTED_QUANTIFIER.search(pattern))
+    return ("re", pattern, py_flags, risky)
 
 
 def string_spec(s: SigmaString) -> tuple:

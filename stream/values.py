@@ -14,6 +14,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import ahocorasick
+
 Pred = Callable[[str], bool]
 
 
@@ -55,8 +57,7 @@ def any_of_pred(eqs: set[str], starts: list[str], ends: list[str], contains: lis
     if contains:
         preds.append(contains_pred(contains))
     if wilds:
-        rx = re.compile("|".join(f"(?:{w})" for w in wilds), re.DOTALL)
-        preds.append(lambda s: rx.fullmatch(s) is not None)
+        preds.append(wild_pred("|".join(f"(?:{w})" for w in wilds)))
     if len(preds) == 1:
         return preds[0]
     return lambda s: any(p(s) for p in preds)
@@ -69,14 +70,29 @@ def contains_pred(needles: list[str]) -> Pred:
     if len(needles) <= 4:
         t = tuple(needles)
         return lambda s: any(n in s for n in t)
-    ordered = sorted(set(needles), key=len, reverse=True)
-    rx = re.compile("|".join(map(re.escape, ordered)))
-    return lambda s: rx.search(s) is not None
+    # many needles: one Aho-Corasick automaton (builds far faster than a regex alternation)
+    automaton = ahocorasick.Automaton()
+    for n in set(needles):
+        automaton.add_word(n, None)
+    automaton.make_automaton()
+
+    def pred(s: str) -> bool:
+        for _ in automaton.iter(s):
+            return True
+        return False
+    return pred
 
 
 def wild_pred(regex: str) -> Pred:
-    rx = re.compile(regex, re.DOTALL)
-    return lambda s: rx.fullmatch(s) is not None
+    """Full match of a wildcard pattern; compiled on first use (most rules never run)."""
+    compiled = None
+
+    def pred(s: str) -> bool:
+        nonlocal compiled
+        if compiled is None:
+            compiled = re.compile(regex, re.DOTALL).fullmatch
+        return compiled(s) is not None
+    return pred
 
 
 def number_pred(n: int | float) -> Pred:
@@ -105,9 +121,37 @@ def cased_pred(kind: str, text: str, regex: str | None = None) -> Pred:
     return string_pred(kind, text)
 
 
-def regex_pred(pattern: str, flags: int) -> Pred:
-    rx = re.compile(pattern, flags)
-    return lambda s: rx.search(s) is not None
+REGEX_TIMEOUT = 0.25  # seconds, for patterns that risk catastrophic backtracking
+
+
+class RegexTimeout(Exception):
+    """A risky regular expression ran out of time on one value."""
+
+
+def regex_pred(pattern: str, flags: int, risky: bool = False) -> Pred:
+    """Unanchored search on the case-kept value; compiled on first use."""
+    compiled = None
+    if risky:
+        import regex  # supports a time limit, unlike re
+
+        def guarded(s: str) -> bool:
+            nonlocal compiled
+            if compiled is None:
+                compiled = regex.compile(pattern, flags).search
+            try:
+                return compiled(s, timeout=REGEX_TIMEOUT) is not None
+            except TimeoutError:
+                raise RegexTimeout(
+                    f"regex {pattern!r} gave up after {REGEX_TIMEOUT}s on a {len(s)}-char value"
+                ) from None
+        return guarded
+
+    def pred(s: str) -> bool:
+        nonlocal compiled
+        if compiled is None:
+            compiled = re.compile(pattern, flags).search
+        return compiled(s) is not None
+    return pred
 
 
 def cidr_pred(network: str) -> Pred:

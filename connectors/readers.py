@@ -1,0 +1,576 @@
+"""Read Windows events from EVTX / JSON / JSONL files (optionally gzip'ed) and stdin.
+
+Public API::
+
+    find_event_files(paths) -> list[Path]
+    read_records(path) -> Iterator[tuple[dict, SourceRef] | ReadError]   # raw decoded records
+    read_events(paths, on_error=None) -> Iterator[tuple[dict, SourceRef]] # normalised events
+    read_stdin_events(on_error=None, stream=None) -> Iterator[tuple[dict, SourceRef]]
+
+``SourceRef.position`` (1-based) means:
+
+* EVTX: the ordinal of the item in the EVTX parser's iteration order, i.e. the
+  n-th record of the file (an unreadable record/chunk reported by the parser
+  also consumes one position). It is *not* the EventRecordID (that one is in
+  the event itself).
+* JSON lines: the line number (several events on one line, i.e. a JSON array
+  on one line, share it).
+* JSON array: the index of the element in the array.
+* Single / concatenated pretty-printed JSON objects: the line on which the
+  object starts (1 for a file holding one object).
+
+``ReadError.position`` is ``None`` for problems that concern the whole file
+(cannot open, not an EVTX file, ...). Errors never stop the reading of other
+records or files; they are passed to ``on_error`` (or logged when it is None).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import struct
+import sys
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Union
+
+import orjson
+
+from .normalize import NormalizeError, normalize
+
+__all__ = [
+    "SourceRef", "ReadError", "EVENT_FILE_SUFFIXES", "find_event_files",
+    "read_records", "read_events", "read_stdin_events", "detect_format",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    path: str        # file path as given/found ("<stdin>" for stdin)
+    position: int    # 1-based; see module doc (EVTX ordinal / line / array index)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadError:
+    path: str
+    position: int | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "position": self.position, "reason": self.reason}
+
+    def __str__(self) -> str:
+        where = self.path if self.position is None else f"{self.path}:{self.position}"
+        return f"{where}: {self.reason}"
+
+
+Item = Union[tuple[dict, SourceRef], ReadError]
+ErrorCallback = Callable[[ReadError], None]
+
+EVENT_FILE_SUFFIXES = (".evtx", ".json", ".jsonl", ".ndjson")
+_ALL_SUFFIXES = EVENT_FILE_SUFFIXES + tuple(s + ".gz" for s in EVENT_FILE_SUFFIXES)
+
+_EVTX_MAGIC = b"ElfFile\x00"
+_GZIP_MAGIC = b"\x1f\x8b"
+_EVTX_HEADER_SIZE = 4096
+_EVTX_CHUNK_SIZE = 65536
+# give up on an EVTX file after this many consecutive unreadable items
+MAX_CONSECUTIVE_EVTX_ERRORS = 100
+# a '{' file whose first line is not a JSON value is parsed whole (pretty
+# printed object(s)) only up to this (on-disk) size; larger ones as JSON lines
+MAX_PRETTY_JSON_BYTES = 256 * 1024 * 1024
+# gzip'ed EVTX files are decompressed to a temp file spooled in memory up to
+_SPOOL_MAX = 64 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------
+# file discovery
+# --------------------------------------------------------------------------
+
+def _has_event_suffix(name: str) -> bool:
+    return name.lower().endswith(_ALL_SUFFIXES)
+
+
+def find_event_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand ``paths`` into event files.
+
+    Files are taken as given (whatever their extension); directories are
+    searched recursively (symlinked directories are not followed) for
+    ``*.evtx``, ``*.json``, ``*.jsonl``, ``*.ndjson`` and the same with ``.gz``
+    (case-insensitive). Each directory's files are sorted; arguments keep their
+    order; duplicates are dropped. A missing path raises FileNotFoundError.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in files:
+                    if _has_event_suffix(name):
+                        found.append(Path(root, name))
+            for f in sorted(found):
+                add(f)
+        elif p.exists():
+            add(p)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {str(raw)!r}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# format detection
+# --------------------------------------------------------------------------
+
+def _open_maybe_gzip(path: Path) -> tuple[IO[bytes], bool]:
+    f = open(path, "rb")
+    head = f.read(2)
+    f.seek(0)
+    if head == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=f, mode="rb"), True
+    return f, False
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"evtx"`` or ``"json"`` (content first, extension second)."""
+    fobj, _ = _open_maybe_gzip(Path(path))
+    with fobj:
+        head = fobj.read(8)
+    if head == _EVTX_MAGIC:
+        return "evtx"
+    return "json"
+
+
+# --------------------------------------------------------------------------
+# EVTX
+# --------------------------------------------------------------------------
+
+class _ZeroPadded(io.RawIOBase):
+    """Read-only view of a file followed by ``pad`` zero bytes.
+
+    Used to complete a truncated last chunk so that the parser can still read
+    the records that are fully present in it.
+    """
+
+    def __init__(self, f: IO[bytes], size: int, pad: int):
+        self._f = f
+        self._size = size
+        self._total = size + pad
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            pos = offset
+        elif whence == 1:
+            pos = self._pos + offset
+        else:
+            pos = self._total + offset
+        self._pos = max(0, pos)
+        return self._pos
+
+    def readinto(self, b) -> int:
+        n = len(b)
+        if self._pos >= self._total or n == 0:
+            return 0
+        n = min(n, self._total - self._pos)
+        got = 0
+        if self._pos < self._size:
+            self._f.seek(self._pos)
+            data = self._f.read(min(n, self._size - self._pos))
+            got = len(data)
+            b[:got] = data
+        if got < n:
+            b[got:n] = bytes(n - got)
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
+
+
+def _evtx_source(path: Path) -> tuple[Any, int, bytes] | ReadError:
+    """Open an EVTX file (plain or gzip); return (source, size, header) or an error."""
+    spath = str(path)
+    fobj, gz = _open_maybe_gzip(path)
+    if gz:
+        tmp = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX)
+        try:
+            with fobj:
+                while True:
+                    block = fobj.read(1 << 20)
+                    if not block:
+                        break
+                    tmp.write(block)
+        except (OSError, EOFError, zlib.error) as e:
+            tmp.close()
+            return ReadError(spath, None, f"cannot decompress gzip'ed EVTX: {e}")
+        size = tmp.tell()
+        tmp.seek(0)
+        fobj = tmp
+    else:
+        size = os.fstat(fobj.fileno()).st_size
+    header = fobj.read(128)
+    fobj.seek(0)
+    if header[:8] != _EVTX_MAGIC:
+        fobj.close()
+        return ReadError(spath, None, "not an EVTX file (missing 'ElfFile' signature)")
+    return fobj, size, header
+
+
+def _gz_or_tmp(fobj: Any) -> bool:
+    return not isinstance(fobj, io.BufferedReader)
+
+
+def _read_evtx(path: Path) -> Iterator[Item]:
+    from evtx import PyEvtxParser  # deferred: only needed for EVTX input
+
+    spath = str(path)
+    opened = _evtx_source(path)
+    if isinstance(opened, ReadError):
+        yield opened
+        return
+    fobj, size, header = opened
+    declared_chunks = struct.unpack_from("<H", header, 42)[0] if len(header) >= 44 else 0
+    body = max(0, size - _EVTX_HEADER_SIZE)
+    full_chunks, partial = divmod(body, _EVTX_CHUNK_SIZE)
+    truncated = partial != 0 or full_chunks < declared_chunks
+    source: Any = fobj
+    if not _gz_or_tmp(fobj) and not partial:
+        source = spath  # the parser reads a path faster than a Python file object
+    elif partial:
+        # complete the last chunk with zeros: the records it fully holds stay readable
+        source = _ZeroPadded(fobj, size, _EVTX_CHUNK_SIZE - partial)
+
+    pos = 0
+    try:
+        try:
+            parser = PyEvtxParser(source, number_of_threads=1)
+            it = parser.records_json()
+        except Exception as e:  # noqa: BLE001 - the parser raises plain OSError/RuntimeError
+            yield ReadError(spath, None, f"cannot parse EVTX file: {e}")
+            return
+        consecutive = 0
+        loads = orjson.loads
+        while True:
+            pos += 1
+            try:
+                rec = next(it)
+            except StopIteration:
+                pos -= 1
+                break
+            except Exception as e:  # noqa: BLE001
+                consecutive += 1
+                yield ReadError(spath, pos, f"unreadable EVTX record: {e}")
+                if consecutive >= MAX_CONSECUTIVE_EVTX_ERRORS:
+                    yield ReadError(spath, None, f"giving up on the file after {consecutive} "
+                                                 "consecutive unreadable EVTX records")
+                    return
+                continue
+            consecutive = 0
+            try:
+                data = loads(rec["data"])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+                yield ReadError(spath, pos, f"EVTX record is not valid JSON: {e}")
+                continue
+            yield data, SourceRef(spath, pos)
+    finally:
+        if source is not spath:
+            source.close()
+        fobj.close()
+    if truncated:
+        yield ReadError(
+            spath, pos + 1,
+            f"EVTX file is truncated ({size} bytes; header declares {declared_chunks} chunks "
+            f"= {_EVTX_HEADER_SIZE + declared_chunks * _EVTX_CHUNK_SIZE} bytes, "
+            f"last chunk {'has only %d bytes' % partial if partial else 'missing'}); "
+            "records after the ones read are lost")
+
+
+# --------------------------------------------------------------------------
+# JSON / JSON lines
+# --------------------------------------------------------------------------
+
+def _json_error_reason(data: bytes | str, e: Exception) -> str:
+    if isinstance(data, bytes):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as ue:
+            return f"invalid UTF-8 at byte {ue.start}: {data[max(0, ue.start - 8):ue.start + 8]!r}"
+    return f"invalid JSON: {e}"
+
+
+def _emit(obj: Any, spath: str, pos: int) -> Iterator[Item]:
+    if type(obj) is dict:
+        yield obj, SourceRef(spath, pos)
+    elif type(obj) is list:
+        for el in obj:
+            if type(el) is dict:
+                yield el, SourceRef(spath, pos)
+            else:
+                yield ReadError(spath, pos, f"JSON {type(el).__name__} in list is not an object")
+    else:
+        yield ReadError(spath, pos, f"JSON {type(obj).__name__} is not an object")
+
+
+def _iter_jsonl(lines: Iterable[bytes | str], spath: str, start: int = 1) -> Iterator[Item]:
+    """JSON lines: one value per line, streamed; bad lines become ReadErrors."""
+    loads = orjson.loads
+    lineno = start - 1
+    it = iter(lines)
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+            yield ReadError(spath, lineno + 1, f"cannot read further: {e}")
+            return
+        lineno += 1
+        try:
+            obj = loads(line)
+        except orjson.JSONDecodeError as e:
+            if not line.strip():
+                continue  # blank line
+            yield ReadError(spath, lineno, _json_error_reason(line, e))
+            continue
+        if type(obj) is dict:
+            yield obj, SourceRef(spath, lineno)
+        else:
+            yield from _emit(obj, spath, lineno)
+
+
+def _iter_concatenated(text: str, spath: str) -> Iterator[Item] | None:
+    """One or more (pretty printed) JSON values one after another.
+
+    Returns None when the first value cannot be decoded (caller falls back).
+    """
+    decoder = json.JSONDecoder()
+    n = len(text)
+    i = 0
+    line = 1          # line number at index `counted`
+    counted = 0
+    items: list[Item] = []
+    while True:
+        while i < n and text[i] in " \t\r\n":
+            i += 1
+        if i >= n:
+            break
+        line += text.count("\n", counted, i)
+        counted = i
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            if not items:
+                return None
+            items.append(ReadError(spath, line, f"invalid JSON: {e.msg} (line {e.lineno} "
+                                                f"column {e.colno}); rest of file skipped"))
+            break
+        items.extend(_emit(obj, spath, line))
+        i = end
+    return iter(items)
+
+
+def _read_json(path: Path) -> Iterator[Item]:
+    spath = str(path)
+    fobj, gz = _open_maybe_gzip(path)
+    with fobj:
+        try:
+            head = fobj.read(4096)
+        except (OSError, EOFError, zlib.error) as e:
+            yield ReadError(spath, None, f"cannot read: {e}")
+            return
+        if head[:8] == _EVTX_MAGIC:  # an EVTX file with a .json name
+            fobj.close()
+            yield from _read_evtx(path)
+            return
+        fobj.seek(0)
+        # text encoding: UTF-16 (Windows PowerShell redirection) or UTF-8 (default)
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            stream: Any = io.TextIOWrapper(fobj, encoding="utf-16", errors="strict", newline="")
+            first = head.decode("utf-16", errors="ignore").lstrip()
+        else:
+            stream = fobj
+            if head[:3] == b"\xef\xbb\xbf":
+                fobj.read(3)
+                head = head[3:]
+            first = head.lstrip()
+        if not first:
+            return  # empty file
+        c0 = first[:1]
+        if c0 in (b"[", "["):
+            yield from _read_json_whole(stream, spath, array=True)
+            return
+        if c0 in (b"{", "{"):
+            # JSON lines unless the first line is not a complete value
+            first_line = stream.readline()
+            lines_consumed = 1
+            while first_line and not first_line.strip():
+                first_line = stream.readline()
+                lines_consumed += 1
+            try:
+                orjson.loads(first_line)
+                is_jsonl = True
+            except orjson.JSONDecodeError:
+                is_jsonl = False
+            if not is_jsonl:
+                on_disk = os.path.getsize(path)
+                if on_disk <= MAX_PRETTY_JSON_BYTES or first_line.strip() in (b"{", "{"):
+                    rest = stream.read()
+                    whole = first_line + rest
+                    text = whole if isinstance(whole, str) else _decode_utf8(whole)
+                    if text is not None:
+                        items = _iter_concatenated("\n" * (lines_consumed - 1) + text, spath)
+                        if items is not None:
+                            yield from items
+                            return
+                    # not parseable as a whole: report line by line
+                    data = whole
+                    lines = (data.splitlines(keepends=True))
+                    yield from _iter_jsonl(lines, spath, start=lines_consumed)
+                    return
+            yield from _iter_jsonl([first_line], spath, start=lines_consumed)
+            yield from _iter_jsonl(stream, spath, start=lines_consumed + 1)
+            return
+        yield from _iter_jsonl(stream, spath)
+
+
+def _decode_utf8(b: bytes) -> str | None:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _read_json_whole(stream: Any, spath: str, array: bool) -> Iterator[Item]:
+    try:
+        data = stream.read()
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        yield ReadError(spath, None, f"cannot read: {e}")
+        return
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        # maybe JSON lines whose values are arrays, or several arrays
+        text = data if isinstance(data, str) else _decode_utf8(data)
+        if text is None:
+            yield ReadError(spath, None, _json_error_reason(data, e))
+            return
+        items = _iter_concatenated(text, spath)
+        if items is None:
+            yield ReadError(spath, None, f"invalid JSON: {e}")
+            return
+        yield from items
+        return
+    if type(obj) is list:
+        for i, el in enumerate(obj, 1):
+            if type(el) is dict:
+                yield el, SourceRef(spath, i)
+            else:
+                yield ReadError(spath, i, f"array element is a JSON {type(el).__name__}, not an object")
+    else:
+        yield from _emit(obj, spath, 1)
+
+
+# --------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------
+
+_READERS: dict[str, Callable[[Path], Iterator[Item]]] = {
+    "evtx": _read_evtx,
+    "json": _read_json,
+}
+
+
+def read_records(path: str | os.PathLike) -> Iterator[Item]:
+    """Raw decoded records of one file: ``(record, SourceRef)`` or ``ReadError`` items.
+
+    The format is detected by content (EVTX signature, gzip magic); a file
+    named ``*.evtx`` that is not an EVTX file yields one ReadError.
+    """
+    p = Path(path)
+    spath = str(path)
+    try:
+        fmt = detect_format(p)
+    except (OSError, EOFError, zlib.error) as e:
+        yield ReadError(spath, None, f"cannot read: {e}")
+        return
+    name = p.name.lower()
+    if fmt != "evtx" and (name.endswith(".evtx") or name.endswith(".evtx.gz")):
+        yield ReadError(spath, None, "not an EVTX file (missing 'ElfFile' signature)")
+        return
+    try:
+        yield from _READERS[fmt](p)
+    except (OSError, EOFError, zlib.error) as e:
+        yield ReadError(spath, None, f"read failed: {e}")
+
+
+def _log_error(err: ReadError) -> None:
+    log.warning("%s", err)
+
+
+def _normalised(items: Iterable[Item], report: ErrorCallback) -> Iterator[tuple[dict, SourceRef]]:
+    for item in items:
+        if type(item) is ReadError:
+            report(item)
+            continue
+        rec, ref = item
+        try:
+            ev = normalize(rec)
+        except NormalizeError as e:
+            report(ReadError(ref.path, ref.position, f"not an event: {e}"))
+            continue
+        except Exception as e:  # noqa: BLE001 - an odd record must not stop the stream
+            report(ReadError(ref.path, ref.position,
+                             f"cannot normalise record: {type(e).__name__}: {e}"))
+            continue
+        yield ev, ref
+
+
+def read_events(paths: Iterable[str | os.PathLike] | str | os.PathLike,
+                on_error: ErrorCallback | None = None) -> Iterator[tuple[dict, SourceRef]]:
+    """Yield ``(normalised event, SourceRef)`` for every event in ``paths``.
+
+    Records that cannot be read, decoded or normalised are reported to
+    ``on_error`` (logged as warnings when None) and skipped. Missing paths
+    raise FileNotFoundError before anything is read.
+    """
+    report = on_error or _log_error
+    for p in find_event_files(paths):
+        yield from _normalised(read_records(p), report)
+
+
+def read_stdin_events(on_error: ErrorCallback | None = None,
+                      stream: IO[bytes] | None = None) -> Iterator[tuple[dict, SourceRef]]:
+    """JSON lines from stdin (binary); positions are line numbers, path ``"<stdin>"``."""
+    report = on_error or _log_error
+    src = stream if stream is not None else sys.stdin.buffer
+    yield from _normalised(_iter_jsonl(src, "<stdin>"), report)

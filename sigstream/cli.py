@@ -1,0 +1,277 @@
+"""The `sigstream` command line: hunt, check and test (rule authors' tools)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import orjson
+import yaml
+from rich.console import Console
+
+from stream.rules import LEVELS, LoadedRules, RuleSelection, load_rules
+
+STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
+EXIT_USAGE = 2
+err_console = Console(stderr=True, highlight=False)
+log = logging.getLogger("sigstream")
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": self.formatTime(record), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        doc.update(getattr(record, "fields", {}))
+        return orjson.dumps(doc, default=str).decode()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity (stderr).")
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="json: one JSON object per log line, for log shippers.")
+@click.version_option(package_name="sigstream")
+def main(log_level: str, log_format: str) -> None:
+    """sigstream: Sigma detection for script-based and fileless Windows attacks.
+
+    \b
+    Rule authors:   sigstream hunt -r sigma_rules/ samples/
+                    sigstream check sigma_rules/
+                    sigstream test sigma_rules/
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if log_format == "json"
+                         else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
+
+
+def rule_options(f: Callable) -> Callable:
+    """Options shared by every command that loads rules."""
+    options = [
+        click.option("-r", "--rules", "rule_paths", multiple=True, required=True,
+                     type=click.Path(exists=True),
+                     help="Rule file or directory (recursive *.yml/*.yaml). Repeatable."),
+        click.option("--pipeline", "pipelines", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                     help="pySigma processing pipeline YAML (e.g. field mappings), after the built-in "
+                          "Sysmon/Windows log-source pipelines. Repeatable."),
+        click.option("--placeholders", type=click.Path(exists=True, dir_okay=False),
+                     help="YAML mapping placeholder name -> list of values, for the `expand` modifier."),
+        click.option("--min-level", type=click.Choice(LEVELS), help="Only rules of at least this level."),
+        click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+                     help="Only rules with these statuses (default: all but deprecated and unsupported)."),
+        click.option("--rule-id", "rule_ids", multiple=True, help="Only these rule ids. Repeatable."),
+        click.option("--tag", "tags", multiple=True, help="Only rules with one of these tags, e.g. attack.t1059.001."),
+        click.option("--strict", is_flag=True, help="Exit 2 if any rule fails to load."),
+        click.option("--no-cache", is_flag=True, help="Do not use the compile cache (~/.cache/sigstream)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
+    placeholders = None
+    if opts.get("placeholders"):
+        placeholders = yaml.safe_load(Path(opts["placeholders"]).read_text()) or {}
+        if not isinstance(placeholders, dict):
+            raise click.UsageError("--placeholders must be a YAML mapping of name -> list of values")
+        placeholders = {str(k): [str(x) for x in (v if isinstance(v, list) else [v])]
+                        for k, v in placeholders.items()}
+    selection = RuleSelection(
+        min_level=opts.get("min_level"),
+        statuses=frozenset(opts["statuses"]) if opts.get("statuses") else None,
+        rule_ids=frozenset(opts.get("rule_ids") or ()),
+        tags=frozenset(t.lower() for t in opts.get("tags") or ()),
+    )
+    t0 = time.perf_counter()
+    loaded = load_rules(opts["rule_paths"], pipelines=opts.get("pipelines") or (),
+                        placeholders=placeholders, selection=selection,
+                        use_cache=not opts.get("no_cache"))
+    log.info("loaded rules", extra={"fields": {
+        "rules": len(loaded.rules), "errors": len(loaded.errors), "files": loaded.files,
+        "cache_hits": loaded.cache_hits, "seconds": round(time.perf_counter() - t0, 3)}})
+    if not quiet:
+        for e in loaded.errors:
+            err_console.print(f"[red]rule error[/red] {e}", markup=True, soft_wrap=True)
+        if loaded.correlations:
+            err_console.print(f"[yellow]note[/yellow] {len(loaded.correlations)} correlation rule(s) "
+                              "parsed but not evaluated yet (see `sigstream check`)")
+    if opts.get("strict") and loaded.errors:
+        err_console.print(f"[red]--strict: {len(loaded.errors)} rule error(s)[/red]")
+        sys.exit(EXIT_USAGE)
+    return loaded
+
+
+@main.command()
+@rule_options
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]),
+              help="Output format (default: table on a terminal, jsonl otherwise).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write detections to this file instead of stdout.")
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write undecodable records (file, position, reason) to this JSONL file.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: on for several files on a terminal).")
+def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_path: str | None,
+         progress: bool | None, **opts: Any) -> None:
+    """Run Sigma rules over event files (.evtx, JSON lines, JSON arrays, .gz, directories).
+
+    \b
+    Examples:
+      sigstream hunt -r sigma_rules/ samples/
+      sigstream hunt -r ../sigma/rules/windows --min-level high -f jsonl -o hits.jsonl logs/
+    Exit status: 0 whether or not anything matched; 2 on usage errors or --strict rule errors.
+    """
+    from connectors.readers import find_event_files, read_events
+    from connectors.sinks import CsvSink, JsonlSink
+    from sigstream.render import TableSink
+    from stream.alerts import build_alert
+    from stream.engine import Engine
+
+    try:
+        files = find_event_files(paths)
+    except FileNotFoundError as e:
+        raise click.UsageError(str(e))
+    t0 = time.perf_counter()
+    loaded = _load(opts)
+    engine = Engine(loaded.rules)
+    load_seconds = time.perf_counter() - t0
+
+    out_stream = open(output, "wb") if output else sys.stdout.buffer
+    fmt = fmt or ("table" if (not output and sys.stdout.isatty()) else "jsonl")
+    if fmt == "table":
+        sink = TableSink(Console(file=open(output, "w") if output else sys.stdout))
+    else:
+        sink = JsonlSink(out_stream) if fmt == "jsonl" else CsvSink(out_stream)
+
+    errors_out = open(errors_path, "wb") if errors_path else None
+    read_errors = 0
+
+    def on_error(err: Any) -> None:
+        nonlocal read_errors
+        read_errors += 1
+        if read_errors <= 20:
+            where = f"{err.path}" + (f":{err.position}" if err.position is not None else "")
+            err_console.print(f"[yellow]unreadable record[/yellow] {where}: {err.reason}",
+                              soft_wrap=True)
+        elif read_errors == 21:
+            err_console.print("[yellow]… more unreadable records; see --errors FILE[/yellow]")
+        if errors_out:
+            errors_out.write(orjson.dumps(err.to_dict()) + b"\n")
+
+    show_progress = progress if progress is not None else (len(files) > 1 and sys.stderr.isatty())
+    events = detections = 0
+    t1 = time.perf_counter()
+    with _progress(show_progress, len(files)) as advance:
+        for f in files:
+            for event, src in read_events([f], on_error=on_error):
+                events += 1
+                for hit in engine.match(event):
+                    detections += 1
+                    sink.add(build_alert(hit, event, {"path": src.path, "position": src.position}))
+            advance(f)
+    sink.close()
+    if output:
+        out_stream.close()
+    if errors_out:
+        errors_out.close()
+    seconds = time.perf_counter() - t1
+    for e in engine.errors[:20]:
+        err_console.print(f"[yellow]evaluation problem[/yellow] {e.rule.path}: {e.rule.title}: {e.reason}",
+                          soft_wrap=True)
+    rate = events / seconds if seconds > 0 else 0.0
+    err_console.print(
+        f"{events:,} events read from {len(files):,} file(s), {len(loaded.rules):,} rules loaded "
+        f"({len(loaded.errors)} rejected, {load_seconds:.2f}s), {detections:,} detections, "
+        f"{read_errors:,} unreadable records, {seconds:.2f}s, {rate:,.0f} events/s", highlight=False)
+
+
+class _progress:
+    """A rich progress bar over files on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> Callable[[Path], None]:
+        if not self.enabled:
+            return lambda f: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.bar = Progress(TextColumn("[bold]hunting"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.description}"),
+                            console=err_console, transient=True)
+        self.bar.start()
+        task = self.bar.add_task("", total=self.total)
+        return lambda f: self.bar.update(task, advance=1, description=Path(f).name[:40])
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+@main.command()
+@click.argument("rule_paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--pipeline", "pipelines", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="pySigma processing pipeline YAML to apply before compiling.")
+@click.option("--placeholders", type=click.Path(exists=True, dir_okay=False),
+              help="YAML mapping placeholder name -> list of values.")
+@click.option("--no-cache", is_flag=True, help="Ignore the compile cache.")
+def check(rule_paths: tuple[str, ...], **opts: Any) -> None:
+    """Validate rules offline: YAML, schema, modifiers, conditions, regexes, compilation.
+
+    One line per problem with its location; exit 1 if any rule has an error.
+    """
+    from stream.engine import Engine
+
+    opts.update(rule_paths=rule_paths, statuses=STATUSES)
+    loaded = _load(opts, quiet=True)
+    engine = Engine(loaded.rules)
+    problems = [str(e) for e in loaded.errors]
+    problems += [f"{e.rule.path}: {e.rule.title!r} [{e.rule.id}]: {e.reason}" for e in engine.errors]
+    for p in problems:
+        click.echo(f"error: {p}")
+    for c in loaded.correlations:
+        click.echo(f"note: {c.path}: correlation {c.title!r} [{c.id}] ({c.type} over "
+                   f"{', '.join(c.rules)}): parsed, not evaluated yet")
+    click.echo(f"{loaded.files} file(s): {len(engine.rules)} rule(s) compiled, "
+               f"{len(problems)} error(s), {len(loaded.correlations)} correlation rule(s)")
+    sys.exit(1 if problems else 0)
+
+
+@main.command("test")
+@click.argument("rule_paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-v", "--verbose", is_flag=True, help="List passing cases too.")
+def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
+    """Run the test cases next to rules (<rule>.tests.yml); exit 1 on any failure.
+
+    \b
+    Format of <rule>.tests.yml:
+      cases:
+        - name: encoded launch
+          expect: match            # or no_match
+          event: {EventID: 1, Channel: Microsoft-Windows-Sysmon/Operational, ...}
+    """
+    from connectors.normalize import normalize
+    from stream.ruletests import run_tests
+
+    report = run_tests(rule_paths, prepare=normalize)
+    for e in report.errors:
+        click.echo(click.style("ERROR ", fg="red") + e)
+    for r in report.results:
+        if not r.passed:
+            click.echo(click.style("FAIL  ", fg="red") + f"{r.test_file}: {r.name}: {r.detail}")
+        elif verbose:
+            click.echo(click.style("ok    ", fg="green") + f"{r.test_file}: {r.name}")
+    for u in report.untested_rules:
+        click.echo(click.style("note  ", fg="yellow") + f"{u}: no tests")
+    passed = sum(r.passed for r in report.results)
+    click.echo(f"{passed} passed, {len(report.failed)} failed"
+               + (f", {len(report.errors)} errors" if report.errors else ""))
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,82 @@
+"""Human output: the hunt summary table and detections list (rich)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+LEVEL_STYLE = {
+    "critical": "bold white on red", "high": "bold red", "medium": "yellow",
+    "low": "green", "informational": "dim",
+}
+LEVEL_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "informational": 4}
+# The field that best says what happened, per event kind, for the detections list.
+KEY_FIELDS = ("CommandLine", "ScriptBlockText", "TargetObject", "Details", "ImageLoaded",
+              "Consumer", "Destination", "Query", "Payload", "Image")
+
+
+def what(event: dict[str, Any], width: int = 110) -> str:
+    for f in KEY_FIELDS:
+        v = event.get(f)
+        if v:
+            text = " ".join(str(v).split())
+            return f"{f}: {text[:width]}{'…' if len(text) > width else ''}"
+    return ""
+
+
+class TableSink:
+    """Collects alerts; prints a per-rule summary then the detections on close."""
+
+    def __init__(self, console: Console, max_rows: int = 500):
+        self.console = console
+        self.max_rows = max_rows
+        self.alerts: list[dict[str, Any]] = []
+
+    def add(self, alert: dict[str, Any]) -> None:
+        self.alerts.append(alert)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.alerts:
+            self.console.print("[green]No detections.[/green]")
+            return
+        self.console.print(summary_table(self.alerts))
+        self.console.print(detections_table(self.alerts[: self.max_rows]))
+        if len(self.alerts) > self.max_rows:
+            self.console.print(f"[dim]… {len(self.alerts) - self.max_rows} more detections; "
+                               "use --format jsonl for all of them[/dim]")
+
+
+def summary_table(alerts: list[dict[str, Any]]) -> Table:
+    by_rule: dict[str, list[dict]] = defaultdict(list)
+    for a in alerts:
+        by_rule[a["rule"]["id"] or a["rule"]["title"]].append(a)
+    table = Table(title="Detections by rule", title_justify="left")
+    for col, kw in (("level", {}), ("rule", {"overflow": "fold"}), ("count", {"justify": "right"}),
+                    ("hosts", {"overflow": "fold"}), ("ATT&CK", {})):
+        table.add_column(col, **kw)
+    rows = sorted(by_rule.values(), key=lambda g: (LEVEL_RANK.get(g[0]["rule"]["level"], 9), -len(g)))
+    for group in rows:
+        rule = group[0]["rule"]
+        hosts = sorted({str(a.get("host")) for a in group})
+        level = rule["level"] or "?"
+        table.add_row(f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", rule["title"], str(len(group)),
+                      ", ".join(hosts[:3]) + (f" +{len(hosts) - 3}" if len(hosts) > 3 else ""),
+                      " ".join(group[0]["attack"]["techniques"]))
+    return table
+
+
+def detections_table(alerts: list[dict[str, Any]]) -> Table:
+    table = Table(title="Detections", title_justify="left")
+    for col in ("time", "host", "level", "rule", "what matched"):
+        table.add_column(col, overflow="fold")
+    for a in alerts:
+        level = a["rule"]["level"] or "?"
+        table.add_row(str(a.get("event_time") or ""), str(a.get("host") or ""),
+                      f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", a["rule"]["title"],
+                      what(a["event"]))
+    return table

@@ -1,0 +1,72 @@
+"""Alerts: a matched (rule, event) pair turned into the JSON document analysts read.
+
+The same document is written by `hunt --format jsonl`, produced to the alert
+topic and rendered by `alerts tail`. `alert_id` is stable for the same rule and
+the same event, so consumers can de-duplicate redeliveries.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import orjson
+
+from stream.engine import CompiledRule
+
+_TECHNIQUE = re.compile(r"^attack\.(t\d{4}(?:\.\d{3})?)$", re.IGNORECASE)
+TACTICS = {
+    "reconnaissance": "TA0043", "resource_development": "TA0042", "initial_access": "TA0001",
+    "execution": "TA0002", "persistence": "TA0003", "privilege_escalation": "TA0004",
+    "defense_evasion": "TA0005", "credential_access": "TA0006", "discovery": "TA0007",
+    "lateral_movement": "TA0008", "collection": "TA0009", "command_and_control": "TA0011",
+    "exfiltration": "TA0010", "impact": "TA0040",
+}
+# What identifies an event across re-reads: the event log's own record identity.
+_EVENT_IDENTITY = ("Computer", "Channel", "EventRecordID", "EventID", "TimeCreated")
+
+
+def attack_of(tags: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
+    """ATT&CK technique and tactic ids named by a rule's tags."""
+    techniques, tactics = [], []
+    for tag in tags:
+        t = tag.lower()
+        m = _TECHNIQUE.match(t)
+        if m:
+            techniques.append(m.group(1).upper())
+        elif t.startswith("attack.") and t[7:].replace("-", "_") in TACTICS:
+            tactics.append(TACTICS[t[7:].replace("-", "_")])
+    return {"techniques": techniques, "tactics": tactics}
+
+
+def event_fingerprint(event: dict) -> str:
+    """A stable id of an event: its record identity when it has one, else its content."""
+    if event.get("EventRecordID") is not None and event.get("Computer") is not None:
+        key = "|".join(str(event.get(k)) for k in _EVENT_IDENTITY)
+    else:
+        key = orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def alert_id(rule_key: str, event: dict) -> str:
+    return hashlib.sha256(f"{rule_key}|{event_fingerprint(event)}".encode()).hexdigest()[:32]
+
+
+def build_alert(hit: CompiledRule, event: dict, source: dict[str, Any] | None = None,
+                detected_at: str | None = None) -> dict[str, Any]:
+    """The alert document for one rule match (computes the explanation)."""
+    rule = hit.rule
+    meta = rule.meta()
+    alert = {
+        "alert_id": alert_id(rule.id or rule.title, event),
+        "rule": meta,
+        "attack": attack_of(rule.tags),
+        "host": event.get("Computer"),
+        "event_time": event.get("TimeCreated"),
+        "matched": hit.explain(event),
+        "event": event,
+        "source": source,
+    }
+    if detected_at is not None:
+        alert["detected_at"] = detected_at
+    return alert
