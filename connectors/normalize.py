@@ -126,10 +126,10 @@ def _from_number(n: float) -> str | None:
         delta = timedelta(microseconds=n)
         base = _EPOCH
     elif a < 1e18:        # Windows FILETIME (100 ns since 1601)
-        delta = timedelta(microseconds=n / 10)
+        delta = timedelta(microseconds=n // 10 if type(n) is int else n / 10)
         base = _FILETIME_EPOCH
     else:                 # nanoseconds since epoch
-        delta = timedelta(microseconds=n / 1000)
+        delta = timedelta(microseconds=n // 1000 if type(n) is int else n / 1000)
         base = _EPOCH
     try:
         return _fmt(base + delta)
@@ -171,8 +171,10 @@ def to_utc_iso(v: Any) -> Any:
                 if i > 0:
                     inner = inner[:i]
             if inner.lstrip("-").isdigit():
-                r = _from_number(int(inner) / 1000.0 if abs(int(inner)) < 1e11 else int(inner))
-                return v if r is None else r
+                try:
+                    return _fmt(_EPOCH + timedelta(milliseconds=int(inner)))
+                except (OverflowError, ValueError):
+                    return v
         for fmt in _STRPTIME_FORMATS:
             try:
                 return _fmt(datetime.strptime(s, fmt))

@@ -85,7 +85,7 @@ _EVTX_CHUNK_SIZE = 65536
 MAX_CONSECUTIVE_EVTX_ERRORS = 100
 # a '{' file whose first line is not a JSON value is parsed whole (pretty
 # printed object(s)) only up to this (on-disk) size; larger ones as JSON lines
-MAX_PRETTY_JSON_BYTES = 256 * 1024 * 1024
+MAX_PRETTY_JSON_BYTES = 64 * 1024 * 1024
 # gzip'ed EVTX files are decompressed to a temp file spooled in memory up to
 _SPOOL_MAX = 64 * 1024 * 1024
 
@@ -246,6 +246,29 @@ def _evtx_source(path: Path) -> tuple[Any, int, bytes] | ReadError:
     return fobj, size, header
 
 
+def _complete_records_end(chunk: bytes) -> int:
+    """Offset just after the last complete record of a (partial) chunk; 0 if none.
+
+    Layout: 512-byte chunk header ("ElfChnk\\0"), then records, each starting
+    with the magic ``2a 2a 00 00``, its size (uint32) and ending with a copy of
+    that size.
+    """
+    if len(chunk) < 512 or chunk[:8] != b"ElfChnk\x00":
+        return 0
+    off = 512
+    end = 0
+    n = len(chunk)
+    while off + 28 <= n and chunk[off:off + 4] == b"\x2a\x2a\x00\x00":
+        rsize = struct.unpack_from("<I", chunk, off + 4)[0]
+        if rsize < 28 or off + rsize > n:
+            break
+        if struct.unpack_from("<I", chunk, off + rsize - 4)[0] != rsize:
+            break
+        off += rsize
+        end = off
+    return end
+
+
 def _gz_or_tmp(fobj: Any) -> bool:
     return not isinstance(fobj, io.BufferedReader)
 
@@ -267,8 +290,16 @@ def _read_evtx(path: Path) -> Iterator[Item]:
     if not _gz_or_tmp(fobj) and not partial:
         source = spath  # the parser reads a path faster than a Python file object
     elif partial:
-        # complete the last chunk with zeros: the records it fully holds stay readable
-        source = _ZeroPadded(fobj, size, _EVTX_CHUNK_SIZE - partial)
+        # Make the partial last chunk readable: keep its complete records and
+        # replace everything after the last complete one with zeros (a record
+        # cut in the middle would otherwise be parsed with zeroed/missing values).
+        chunk_start = _EVTX_HEADER_SIZE + full_chunks * _EVTX_CHUNK_SIZE
+        fobj.seek(chunk_start)
+        valid = _complete_records_end(fobj.read(partial))
+        fobj.seek(0)
+        keep = chunk_start + valid if valid else chunk_start
+        source = _ZeroPadded(fobj, keep, size - keep + _EVTX_CHUNK_SIZE - partial
+                             if valid else 0)
 
     pos = 0
     try:
@@ -319,7 +350,7 @@ def _read_evtx(path: Path) -> Iterator[Item]:
 # JSON / JSON lines
 # --------------------------------------------------------------------------
 
-def _json_error_reason(data: bytes | str, e: Exception) -> str:
+def _json_error_reason(data: bytes | str, e: Exception | None) -> str:
     if isinstance(data, bytes):
         try:
             data.decode("utf-8")
@@ -368,10 +399,11 @@ def _iter_jsonl(lines: Iterable[bytes | str], spath: str, start: int = 1) -> Ite
             yield from _emit(obj, spath, lineno)
 
 
-def _iter_concatenated(text: str, spath: str) -> Iterator[Item] | None:
+def _iter_concatenated(text: str, spath: str, report_first: bool = False) -> Iterator[Item] | None:
     """One or more (pretty printed) JSON values one after another.
 
-    Returns None when the first value cannot be decoded (caller falls back).
+    Returns None when the first value cannot be decoded (the caller falls back
+    to JSON lines), unless ``report_first``: then that is one ReadError.
     """
     decoder = json.JSONDecoder()
     n = len(text)
@@ -389,7 +421,7 @@ def _iter_concatenated(text: str, spath: str) -> Iterator[Item] | None:
         try:
             obj, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
-            if not items:
+            if not items and not report_first:
                 return None
             items.append(ReadError(spath, line, f"invalid JSON: {e.msg} (line {e.lineno} "
                                                 f"column {e.colno}); rest of file skipped"))
@@ -424,10 +456,13 @@ def _read_json(path: Path) -> Iterator[Item]:
                 head = head[3:]
             first = head.lstrip()
         if not first:
-            return  # empty file
+            if len(head) < 4096:
+                return  # empty / whitespace-only file
+            yield from _iter_jsonl(stream, spath)  # lots of leading blank lines
+            return
         c0 = first[:1]
         if c0 in (b"[", "["):
-            yield from _read_json_whole(stream, spath, array=True)
+            yield from _read_json_whole(stream, spath)
             return
         if c0 in (b"{", "{"):
             # JSON lines unless the first line is not a complete value
@@ -446,16 +481,20 @@ def _read_json(path: Path) -> Iterator[Item]:
                 if on_disk <= MAX_PRETTY_JSON_BYTES or first_line.strip() in (b"{", "{"):
                     rest = stream.read()
                     whole = first_line + rest
+                    pretty = first_line.strip() in (b"{", "{")
                     text = whole if isinstance(whole, str) else _decode_utf8(whole)
                     if text is not None:
-                        items = _iter_concatenated("\n" * (lines_consumed - 1) + text, spath)
+                        items = _iter_concatenated("\n" * (lines_consumed - 1) + text, spath,
+                                                   report_first=pretty)
                         if items is not None:
                             yield from items
                             return
+                    elif pretty:
+                        yield ReadError(spath, None, _json_error_reason(whole, None))
+                        return
                     # not parseable as a whole: report line by line
-                    data = whole
-                    lines = (data.splitlines(keepends=True))
-                    yield from _iter_jsonl(lines, spath, start=lines_consumed)
+                    yield from _iter_jsonl(whole.splitlines(keepends=True), spath,
+                                           start=lines_consumed)
                     return
             yield from _iter_jsonl([first_line], spath, start=lines_consumed)
             yield from _iter_jsonl(stream, spath, start=lines_consumed + 1)
@@ -470,7 +509,7 @@ def _decode_utf8(b: bytes) -> str | None:
         return None
 
 
-def _read_json_whole(stream: Any, spath: str, array: bool) -> Iterator[Item]:
+def _read_json_whole(stream: Any, spath: str) -> Iterator[Item]:
     try:
         data = stream.read()
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
@@ -529,7 +568,7 @@ def read_records(path: str | os.PathLike) -> Iterator[Item]:
         return
     try:
         yield from _READERS[fmt](p)
-    except (OSError, EOFError, zlib.error) as e:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         yield ReadError(spath, None, f"read failed: {e}")
 
 

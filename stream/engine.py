@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from stream.compiler import Matcher, compile_detection, explain, needles
-from stream.prefilter import NeedleIndex
+from stream.prefilter import Bucket, NeedleIndex
 from stream.routing import LogsourceRouter, event_key, route_of
 from stream.rules import Rule
 
@@ -35,14 +35,6 @@ class CompiledRule:
 class EngineError:
     rule: Rule
     reason: str
-
-
-class _Bucket:
-    __slots__ = ("rules", "index")
-
-    def __init__(self, rules: list[CompiledRule], rule_needles: list):
-        self.rules = rules
-        self.index = NeedleIndex([(i, rule_needles[r.index]) for i, r in enumerate(rules)])
 
 
 def lower_event(ev: dict) -> tuple[dict[str, str], list[str] | None]:
@@ -92,17 +84,18 @@ class Engine:
             rule_needles.append(needles(rule.ir))
         self._needles = rule_needles
         self._router = LogsourceRouter(routes)
-        self._buckets: dict[tuple[Any, Any], _Bucket] = {}
+        self._loose = NeedleIndex((i, rule_needles[i]) for i in sorted(self._router.loose_rules()))
+        self._buckets: dict[tuple[Any, Any], Bucket] = {}
 
     def _error(self, err: EngineError) -> None:
         self.errors.append(err)
         if self._on_error:
             self._on_error(err)
 
-    def _bucket(self, channel: Any, event_id: Any) -> _Bucket:
+    def _bucket(self, channel: Any, event_id: Any) -> Bucket:
         ch, eid = event_key(channel, event_id)
-        members = [self.rules[i] for i in self._router.rules_for(ch, eid)]
-        return _Bucket(members, self._needles)
+        exact = [(i, self._needles[i]) for i in self._router.exact(ch, eid)]
+        return Bucket(exact, self._loose, self._router.loose(ch, eid))
 
     def match(self, event: dict) -> list[CompiledRule]:
         """The rules that match this (normalised) event, in load order."""
@@ -115,14 +108,14 @@ class Engine:
                 self._buckets[key] = bucket
         except TypeError:  # unhashable Channel/EventID values
             bucket = self._bucket(*key)
-        if not bucket.rules:
+        if bucket.empty:
             return []
         low, nested = lower_event(event)
         text = "\n".join(low.values())
         if nested:
             text = text + "\n" + "\n".join(nested)
-        rules = bucket.rules
-        return self._run([rules[i] for i in bucket.index.candidates(text)], event, low)
+        rules = self.rules
+        return self._run([rules[i] for i in bucket.candidates(text)], event, low)
 
     def match_all(self, event: dict) -> list[CompiledRule]:
         """Brute force: every rule, no routing, no prefilter (reference for tests)."""

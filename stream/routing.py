@@ -78,8 +78,21 @@ class LogsourceRouter:
                     self._index.setdefault((ch, eid), []).append(i)
 
     def rules_for(self, channel: str | None, event_id: int | None) -> list[int]:
-        keys = {(channel, event_id), (channel, None), (None, event_id), (None, None)}
+        return sorted({*self.exact(channel, event_id), *self.loose(channel, event_id)})
+
+    def exact(self, channel: str | None, event_id: int | None) -> list[int]:
+        """Rules routed to exactly this channel and event id."""
+        if channel is None or event_id is None:
+            return []
+        return self._index.get((channel, event_id), [])
+
+    def loose(self, channel: str | None, event_id: int | None) -> set[int]:
+        """Rules that accept any channel or any event id and fit this key."""
         found: set[int] = set()
-        for k in keys:
+        for k in {(channel, None), (None, event_id), (None, None)}:
             found.update(self._index.get(k, ()))
-        return sorted(found)
+        return found
+
+    def loose_rules(self) -> set[int]:
+        return {i for (ch, eid), idxs in self._index.items() if ch is None or eid is None
+                for i in idxs}

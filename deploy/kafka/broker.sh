@@ -70,6 +70,13 @@ running_pid() {
   echo "$pid"
 }
 
+# "127.0.0.1:PORT" the broker on DATA_DIR was configured with at its last start
+configured_addr() {
+  local l
+  l="$(grep -m1 '^advertised.listeners=' "$CONFIG" 2>/dev/null || true)"
+  if [[ -n "$l" ]]; then echo "${l#*PLAINTEXT://}"; else echo "127.0.0.1:$PORT"; fi
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 show_log_tail() {
@@ -222,19 +229,24 @@ pick_python() {
   return 1
 }
 
-# A metadata (DescribeCluster) request through kafka-python.
+# A metadata (DescribeCluster) request through kafka-python; its last error
+# is kept in PROBE_ERR.
+PROBE_ERR=""
 probe_metadata() {
-  "$1" - "127.0.0.1:$PORT" <<'EOF' >/dev/null 2>&1
+  PROBE_ERR="$("$1" - "127.0.0.1:$PORT" 2>&1 <<'EOF'
+
 import sys
 from kafka import KafkaAdminClient
 admin = KafkaAdminClient(bootstrap_servers=sys.argv[1], client_id="broker.sh-probe",
-                         request_timeout_ms=5000, api_version_auto_timeout_ms=5000)
+                         request_timeout_ms=5000, bootstrap_timeout_ms=5000)
 try:
     info = admin.describe_cluster()
     assert info and info.get("brokers"), info
 finally:
     admin.close()
 EOF
+)" && return 0
+  return 1
 }
 
 # ---------------------------------------------------------------- commands ---
@@ -242,7 +254,10 @@ EOF
 cmd_start() {
   local pid
   if pid="$(running_pid)"; then
-    log "already running (pid $pid, 127.0.0.1:$PORT, data $DATA_DIR)"
+    log "already running (pid $pid, $(configured_addr), data $DATA_DIR)"
+    if [[ "$(configured_addr)" != "127.0.0.1:$PORT" ]]; then
+      echo "broker.sh: warning: it listens on $(configured_addr), not on the requested port $PORT" >&2
+    fi
     return 0
   fi
   rm -f "$PID_FILE"
@@ -282,6 +297,10 @@ cmd_start() {
   done
   if ((started == 0)); then
     show_log_tail
+    if [[ -n "$PROBE_ERR" ]]; then
+      echo "----- last metadata probe error ($py) -----" >&2
+      tail -n 5 <<<"$PROBE_ERR" >&2
+    fi
     log "broker did not become ready within ${START_TIMEOUT}s; stopping it"
     cmd_stop >&2 || true
     exit 1
@@ -315,7 +334,7 @@ cmd_stop() {
 cmd_status() {
   local pid
   if pid="$(running_pid)"; then
-    log "running (pid $pid, 127.0.0.1:$PORT, data $DATA_DIR)"
+    log "running (pid $pid, $(configured_addr), data $DATA_DIR)"
     return 0
   fi
   log "not running (data $DATA_DIR)"
