@@ -64,6 +64,8 @@ def rule_options(f: Callable) -> Callable:
                      help="Only rules with these statuses (default: all but deprecated and unsupported)."),
         click.option("--rule-id", "rule_ids", multiple=True, help="Only these rule ids. Repeatable."),
         click.option("--tag", "tags", multiple=True, help="Only rules with one of these tags, e.g. attack.t1059.001."),
+        click.option("--product", "products", multiple=True,
+                     help="Only rules whose logsource product is this (e.g. windows). Repeatable."),
         click.option("--strict", is_flag=True, help="Exit 2 if any rule fails to load."),
         click.option("--no-cache", is_flag=True, help="Do not use the compile cache (~/.cache/sigstream)."),
     ]
@@ -85,6 +87,7 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
         statuses=frozenset(opts["statuses"]) if opts.get("statuses") else None,
         rule_ids=frozenset(opts.get("rule_ids") or ()),
         tags=frozenset(t.lower() for t in opts.get("tags") or ()),
+        products=frozenset(p.lower() for p in opts.get("products") or ()),
     )
     t0 = time.perf_counter()
     loaded = load_rules(opts["rule_paths"], pipelines=opts.get("pipelines") or (),

@@ -12,6 +12,8 @@ prefilter uses them to skip rules.
 """
 from __future__ import annotations
 
+import re._constants as _sre_constants
+import re._parser as _sre_parser
 from typing import Any, Callable
 
 from stream import values as V
@@ -318,16 +320,75 @@ def _spec_needle(spec: tuple) -> frozenset[str] | None:
         text = spec[1].lower()
     elif spec[0] == "wild":
         text = spec[2].lower()
+    elif spec[0] == "re":
+        return regex_needles(spec[1], spec[2])
     else:
         return None
-    return frozenset((text,)) if len(text) >= MIN_NEEDLE else None
+    return frozenset((text,)) if _useful(text) else None
 
 
-def _needle_score(n: frozenset[str]) -> tuple[int, int]:
-    """Prefer needle sets whose shortest needle is longest, then fewer needles."""
+def _useful(needle: str) -> bool:
+    # bytes, not characters: one emoji or CJK character is selective enough
+    return len(needle.encode("utf-8")) >= MIN_NEEDLE
+
+
+def regex_needles(pattern: str, flags: int = 0) -> frozenset[str] | None:
+    """Literals one of which any match of the regex must contain (None: none known)."""
+    try:
+        parsed = _sre_parser.parse(pattern, flags)
+    except Exception:
+        return None
+    return _seq_needles(list(parsed))
+
+
+def _seq_needles(items: list) -> frozenset[str] | None:
+    c = _sre_constants
+    best: frozenset[str] | None = None
+    run: list[str] = []
+
+    def consider(cand: frozenset[str] | None) -> None:
+        nonlocal best
+        if cand is not None and all(_useful(n) for n in cand) and (
+                best is None or _needle_score(cand) > _needle_score(best)):
+            best = cand
+
+    def end_run() -> None:
+        if run:
+            consider(frozenset(("".join(run).lower(),)))
+            run.clear()
+
+    for op, av in items:
+        if op is c.LITERAL:
+            run.append(chr(av))
+            continue
+        end_run()
+        if op is c.SUBPATTERN:
+            consider(_seq_needles(list(av[3])))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
+            consider(_seq_needles(list(av[2])))
+        elif op is c.BRANCH:
+            alts = [_seq_needles(list(branch)) for branch in av[1]]
+            if all(a is not None for a in alts):
+                consider(frozenset().union(*alts))
+    end_run()
+    return best
+
+
+# Text found in almost every Windows event: needles inside it select nearly everything.
+_UBIQUITOUS = "\n".join((
+    "c:\\windows\\system32\\svchost.exe", "c:\\windows\\syswow64\\", "c:\\program files (x86)\\",
+    "c:\\users\\", "c:\\programdata\\", "microsoft corporation",
+    "microsoft\u00ae windows\u00ae operating system", "nt authority\\system", "c:\\windows\\explorer.exe",
+    ".dll", "microsoft-windows-", "\\windows\\system32\\cmd.exe",
+))
+
+
+def _needle_score(n: frozenset[str]) -> tuple[int, int, int]:
+    """Prefer needle sets without ubiquitous needles, then longest shortest needle, then fewer."""
     if not n:
-        return (1 << 30, 0)
-    return (min(len(x) for x in n), -len(n))
+        return (2, 1 << 30, 0)
+    rare = not any(x in _UBIQUITOUS for x in n)
+    return (int(rare), min(len(x) for x in n), -len(n))
 
 
 # --- explanations -----------------------------------------------------------------------

@@ -54,7 +54,7 @@ from sigma.types import (
     SpecialChars,
 )
 
-IR_VERSION = 6  # bump when the IR shape or its semantics change (invalidates caches)
+IR_VERSION = 7  # bump when the IR shape or its semantics change (invalidates caches)
 
 Placeholders = dict[str, list[str]]
 

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from operator import itemgetter
+
 import ahocorasick
+
+_second = itemgetter(1)
 
 RuleNeedles = Iterable[tuple[int, "frozenset[str] | None"]]
 
@@ -44,7 +48,7 @@ class NeedleIndex:
         """Ids of the needles that occur in `text`."""
         if self._iter is None:
             return set()
-        return {v for _, v in self._iter(text)}
+        return set(map(_second, self._iter(text)))
 
 
 class Bucket:

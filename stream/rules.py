@@ -117,6 +117,7 @@ class RuleSelection:
     statuses: frozenset[str] | None = None   # None: everything but deprecated/unsupported
     rule_ids: frozenset[str] = frozenset()
     tags: frozenset[str] = frozenset()
+    products: frozenset[str] = frozenset()   # logsource products, e.g. {"windows"}
 
     def accepts(self, rule: Rule) -> bool:
         if self.min_level and LEVELS.index(rule.level or "informational") < LEVELS.index(self.min_level):
@@ -130,6 +131,8 @@ class RuleSelection:
         if self.rule_ids and (rule.id or "") not in self.rule_ids:
             return False
         if self.tags and not self.tags.intersection(t.lower() for t in rule.tags):
+            return False
+        if self.products and rule.logsource.get("product", "").lower() not in self.products:
             return False
         return True
 

@@ -98,14 +98,14 @@ fetch_jars() {
   # two brokers started together must not fetch into the same place at once
   exec 9>"$CACHE_DIR/.fetch.lock"
   flock 9
-  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$pom_sum" ]]; then flock -u 9; return 0; fi
+  if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$pom_sum" ]]; then exec 9>&-; return 0; fi
   command -v "$MVN" >/dev/null || die "Maven ('$MVN') not found; needed once to fetch the Kafka $KAFKA_VERSION jars"
   log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIB_DIR ..."
   local tmp mvn_log t0
   t0=$SECONDS
   tmp="$(mktemp -d "$CACHE_DIR/.fetch.XXXXXX")"
   mvn_log="$tmp.mvn.log"
-  if ! "$MVN" -q -B -f "$SCRIPT_DIR/pom.xml" \
+  if ! "$MVN" -q -B -Dstyle.color=never -f "$SCRIPT_DIR/pom.xml" \
         -Dkafka.version="$KAFKA_VERSION" \
         dependency:copy-dependencies -DincludeScope=runtime \
         -DoutputDirectory="$tmp/lib" >"$mvn_log" 2>&1; then
@@ -113,17 +113,17 @@ fetch_jars() {
     tail -n 40 "$mvn_log" >&2 || true
     echo "-----" >&2
     rm -rf "$tmp" "$mvn_log"
-    flock -u 9
+    exec 9>&-
     die "Maven could not fetch Kafka $KAFKA_VERSION (offline, or version not on Maven Central?)"
   fi
-  ls "$tmp/lib"/kafka_2.13-*.jar >/dev/null 2>&1 || { rm -rf "$tmp" "$mvn_log"; flock -u 9; die "Maven ran but kafka_2.13 jar is missing"; }
+  ls "$tmp/lib"/kafka_2.13-*.jar >/dev/null 2>&1 || { rm -rf "$tmp" "$mvn_log"; exec 9>&-; die "Maven ran but kafka_2.13 jar is missing"; }
   rm -rf "$CACHE_DIR/kafka-$KAFKA_VERSION"
   mkdir -p "$CACHE_DIR/kafka-$KAFKA_VERSION"
   mv "$tmp/lib" "$LIB_DIR"
   rm -rf "$tmp" "$mvn_log"
   echo "$pom_sum" >"$STAMP"
   log "fetched $(ls "$LIB_DIR" | wc -l) jars in $((SECONDS - t0))s"
-  flock -u 9
+  exec 9>&-
 }
 
 write_config() {
