@@ -12,6 +12,7 @@ prefilter uses them to skip rules.
 """
 from __future__ import annotations
 
+import functools
 import re._constants as _sre_constants
 import re._parser as _sre_parser
 from typing import Any, Callable
@@ -151,7 +152,7 @@ def _spec_pred(spec: tuple) -> tuple[V.Pred, bool]:
     if kind == "bool":
         return V.bool_pred(spec[1]), True
     if kind == "re":
-        return V.regex_pred(spec[1], spec[2], spec[3]), False
+        return V.regex_pred(spec[1], spec[2], spec[3], regex_guard(spec[1], spec[2])), False
     if kind == "cidr":
         return V.cidr_pred(spec[1]), False
     if kind == "cmp":
@@ -328,33 +329,49 @@ def _spec_needle(spec: tuple) -> frozenset[str] | None:
 
 
 def _useful(needle: str) -> bool:
-    # bytes, not characters: one emoji or CJK character is selective enough
-    return len(needle.encode("utf-8")) >= MIN_NEEDLE
+    # counted in bytes: a single non-ASCII character (homoglyph, emoji) is selective enough
+    return len(needle.encode("utf-8")) >= (MIN_NEEDLE if needle.isascii() else 2)
 
 
-def regex_needles(pattern: str, flags: int = 0) -> frozenset[str] | None:
-    """Literals one of which any match of the regex must contain (None: none known)."""
+def regex_needles(pattern: str, flags: int = 0, min_bytes: int = MIN_NEEDLE) -> frozenset[str] | None:
+    """Literals (lower-cased) one of which any match of the regex must contain (None: none known)."""
     try:
         parsed = _sre_parser.parse(pattern, flags)
     except Exception:
         return None
-    return _seq_needles(list(parsed))
+    return _seq_needles(list(parsed), min_bytes)
 
 
-def _seq_needles(items: list) -> frozenset[str] | None:
+def regex_guard(pattern: str, flags: int) -> tuple[str, ...] | None:
+    """Case-exact literals one of which the value must contain before the regex is worth
+    running (a substring test is ~50x cheaper than a failing search)."""
+    import re as _re
+    try:
+        parsed = _sre_parser.parse(pattern, flags)
+    except Exception:
+        return None
+    ignorecase = bool(flags & _re.IGNORECASE or parsed.state.flags & _re.IGNORECASE)
+    found = _seq_needles(list(parsed), 1, lower=False)
+    if not found or (ignorecase and any(ch.isalpha() for g in found for ch in g)):
+        return None
+    return tuple(sorted(found))
+
+
+def _seq_needles(items: list, min_bytes: int = MIN_NEEDLE, lower: bool = True) -> frozenset[str] | None:
     c = _sre_constants
     best: frozenset[str] | None = None
     run: list[str] = []
 
     def consider(cand: frozenset[str] | None) -> None:
         nonlocal best
-        if cand is not None and all(_useful(n) for n in cand) and (
+        if cand is not None and all(len(n.encode("utf-8")) >= min_bytes for n in cand) and (
                 best is None or _needle_score(cand) > _needle_score(best)):
             best = cand
 
     def end_run() -> None:
         if run:
-            consider(frozenset(("".join(run).lower(),)))
+            text = "".join(run)
+            consider(frozenset((text.lower() if lower else text,)))
             run.clear()
 
     for op, av in items:
@@ -363,11 +380,11 @@ def _seq_needles(items: list) -> frozenset[str] | None:
             continue
         end_run()
         if op is c.SUBPATTERN:
-            consider(_seq_needles(list(av[3])))
+            consider(_seq_needles(list(av[3]), min_bytes, lower))
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
-            consider(_seq_needles(list(av[2])))
+            consider(_seq_needles(list(av[2]), min_bytes, lower))
         elif op is c.BRANCH:
-            alts = [_seq_needles(list(branch)) for branch in av[1]]
+            alts = [_seq_needles(list(branch), min_bytes, lower) for branch in av[1]]
             if all(a is not None for a in alts):
                 consider(frozenset().union(*alts))
     end_run()
@@ -393,6 +410,12 @@ def _needle_score(n: frozenset[str]) -> tuple[int, int, int]:
 
 # --- explanations -----------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=65536)
+def _cached_matcher(node: tuple) -> Matcher:
+    """Explanations run per alert: compile each leaf once (IR tuples are hashable)."""
+    return compile_detection(node)
+
+
 def explain(ir: tuple, ev: dict, low: dict) -> list[dict]:
     """The positive leaves that hold for this event: which selection/field/value matched."""
     out: list[dict] = []
@@ -410,8 +433,8 @@ def _explain(node: tuple, ev: dict, low: dict, out: list[dict]) -> bool:
             del out[mark:]
         return ok
     if kind == "not":
-        return not compile_detection(node[1])(ev, low)
-    ok = compile_detection(node)(ev, low)
+        return not _cached_matcher(node[1])(ev, low)
+    ok = _cached_matcher(node)(ev, low)
     if ok and kind in ("field", "kw"):
         origin = node[3] if kind == "field" else node[2]
         if origin[0] != "logsource":

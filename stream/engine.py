@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from stream.cache import default_cache_dir
 from stream.compiler import Matcher, compile_detection, explain, needles
 from stream.prefilter import Bucket, NeedleIndex
 from stream.routing import LogsourceRouter, event_key, route_of
@@ -68,7 +70,8 @@ def _collect_text(v: Any, out: list[str]) -> None:
 
 
 class Engine:
-    def __init__(self, rules: Sequence[Rule], on_error: Callable[[EngineError], None] | None = None):
+    def __init__(self, rules: Sequence[Rule], on_error: Callable[[EngineError], None] | None = None,
+                 cache_dir: str | Path | None = None, use_cache: bool = True):
         self.errors: list[EngineError] = []
         self._on_error = on_error
         self.rules: list[CompiledRule] = []
@@ -84,7 +87,8 @@ class Engine:
             rule_needles.append(needles(rule.ir))
         self._needles = rule_needles
         self._router = LogsourceRouter(routes)
-        self._loose = NeedleIndex((i, rule_needles[i]) for i in sorted(self._router.loose_rules()))
+        cache = Path(cache_dir or default_cache_dir()) if use_cache else None
+        self._index = NeedleIndex(rule_needles, cache)
         self._buckets: dict[tuple[Any, Any], Bucket] = {}
 
     def _error(self, err: EngineError) -> None:
@@ -94,8 +98,7 @@ class Engine:
 
     def _bucket(self, channel: Any, event_id: Any) -> Bucket:
         ch, eid = event_key(channel, event_id)
-        exact = [(i, self._needles[i]) for i in self._router.exact(ch, eid)]
-        return Bucket(exact, self._loose, self._router.loose(ch, eid))
+        return Bucket(self._index, self._router.rules_for(ch, eid))
 
     def match(self, event: dict) -> list[CompiledRule]:
         """The rules that match this (normalised) event, in load order."""
@@ -108,14 +111,14 @@ class Engine:
                 self._buckets[key] = bucket
         except TypeError:  # unhashable Channel/EventID values
             bucket = self._bucket(*key)
-        if bucket.empty:
+        if not bucket.members:
             return []
         low, nested = lower_event(event)
         text = "\n".join(low.values())
         if nested:
             text = text + "\n" + "\n".join(nested)
         rules = self.rules
-        return self._run([rules[i] for i in bucket.candidates(text)], event, low)
+        return self._run([rules[i] for i in bucket.candidates(self._index.scan(text))], event, low)
 
     def match_all(self, event: dict) -> list[CompiledRule]:
         """Brute force: every rule, no routing, no prefilter (reference for tests)."""
@@ -135,4 +138,5 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         return {"rules": len(self.rules), "buckets": len(self._buckets),
+                "prefilter": self._index.backend,
                 "unfiltered_rules": sum(1 for n in self._needles if n is None)}

@@ -1,80 +1,134 @@
-"""Literal prefilter: Aho-Corasick scans pick the rules worth evaluating per event.
+"""Literal prefilter: one multi-literal scan per event picks the rules worth evaluating.
 
 Each rule contributes needles (stream.compiler.needles): lower-cased literals
 of which one must occur in the event for the rule to match. Rules without
 needles are always candidates. Like the router, the prefilter may over-select,
 never miss.
 
-Rules routed to exactly one (Channel, EventID) get one automaton per key. Rules
-with looser routes (any channel or any event id) would otherwise be copied into
-every key's automaton, so they share one automaton whose hits each bucket
-narrows to its own members.
+One `NeedleIndex` holds the needles of all rules. Hyperscan scans it in about
+a microsecond per event and reports each needle once; pyahocorasick is the
+portable fallback. A `Bucket` narrows the hits to the rules of one log-source
+key, lazily, per needle.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
+import hashlib
+import logging
 from operator import itemgetter
+from pathlib import Path
+from typing import Callable, Iterable
 
-import ahocorasick
-
-_second = itemgetter(1)
-
-RuleNeedles = Iterable[tuple[int, "frozenset[str] | None"]]
+log = logging.getLogger(__name__)
+Scanner = Callable[[str], set]
 
 
 class NeedleIndex:
-    """The needles of a set of rules in one automaton."""
+    """Every rule's needles, scanned in one pass: text -> ids of the needles it contains."""
 
-    def __init__(self, rule_needles: RuleNeedles):
+    def __init__(self, rule_needles: list[frozenset[str] | None], cache_dir: Path | None = None):
         by_needle: dict[str, list[int]] = {}
-        unfiltered = []
-        for idx, needles in rule_needles:
-            if needles is None:
-                unfiltered.append(idx)
-            for n in needles or ():
+        for idx, needles in enumerate(rule_needles):
+            for n in sorted(needles or ()):  # sorted: the same rules give the same (cached) database
                 by_needle.setdefault(n, []).append(idx)
-        self.unfiltered = tuple(unfiltered)
+        self.unfiltered = frozenset(i for i, n in enumerate(rule_needles) if n is None)
         self.needle_rules: list[tuple[int, ...]] = list(map(tuple, by_needle.values()))
-        self._iter = None
-        if by_needle:
-            automaton = ahocorasick.Automaton()
-            for i, needle in enumerate(by_needle):
-                automaton.add_word(needle, i)
-            automaton.make_automaton()
-            self._iter = automaton.iter
+        needles = list(by_needle)
+        self.backend = "none"
+        self.scan: Scanner = lambda text: set()
+        if needles:
+            try:
+                self.scan = _hyperscan_scanner(needles, cache_dir)
+                self.backend = "hyperscan"
+            except ImportError:
+                self.scan = _aho_corasick_scanner(needles)
+                self.backend = "pyahocorasick"
 
-    def scan(self, text: str) -> set[int]:
-        """Ids of the needles that occur in `text`."""
-        if self._iter is None:
-            return set()
-        return set(map(_second, self._iter(text)))
+
+def _hyperscan_scanner(needles: list[str], cache_dir: Path | None) -> Scanner:
+    import hyperscan
+
+    db = _load_cached_db(needles, cache_dir) if cache_dir else None
+    if db is None:
+        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        db.compile(expressions=[n.encode("utf-8", "surrogatepass") for n in needles],
+                   ids=list(range(len(needles))), elements=len(needles),
+                   flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(needles), literal=True)
+        if cache_dir:
+            _store_db(db, needles, cache_dir)
+    scan = db.scan
+
+    def scanner(text: str) -> set:
+        found: set = set()
+        add = found.add
+        scan(text.encode("utf-8", "surrogatepass"), match_event_handler=lambda i, *_: add(i))
+        return found
+    return scanner
+
+
+def _db_path(needles: list[str], cache_dir: Path) -> Path:
+    h = hashlib.sha256("\x00".join(needles).encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return Path(cache_dir) / f"needles-{h}.hsdb"
+
+
+def _load_cached_db(needles: list[str], cache_dir: Path):
+    import hyperscan
+
+    try:
+        data = _db_path(needles, cache_dir).read_bytes()
+        db = hyperscan.loadb(data, mode=hyperscan.HS_MODE_BLOCK)
+        db.scratch = hyperscan.Scratch(db)
+        return db
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # stale or foreign file: rebuild
+        log.debug("ignoring cached needle database: %s", e)
+        return None
+
+
+def _store_db(db, needles: list[str], cache_dir: Path) -> None:
+    import hyperscan
+
+    try:
+        path = _db_path(needles, cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(hyperscan.dumpb(db))
+        tmp.replace(path)
+    except OSError as e:
+        log.debug("could not cache needle database: %s", e)
+
+
+def _aho_corasick_scanner(needles: list[str]) -> Scanner:
+    import ahocorasick
+
+    automaton = ahocorasick.Automaton()
+    for i, needle in enumerate(needles):
+        automaton.add_word(needle, i)
+    automaton.make_automaton()
+    iterate, second = automaton.iter, itemgetter(1)
+    return lambda text: set(map(second, iterate(text)))
 
 
 class Bucket:
     """The candidate rules for one (channel, event id) key."""
 
-    __slots__ = ("exact", "wild", "wild_members", "_wild_by_needle", "empty")
+    __slots__ = ("members", "always", "_index", "_by_needle")
 
-    def __init__(self, exact: RuleNeedles, wild: NeedleIndex, wild_members: Iterable[int]):
-        self.exact = NeedleIndex(exact)
-        self.wild = wild
-        self.wild_members = frozenset(wild_members)
-        self._wild_by_needle: dict[int, tuple[int, ...]] = {}
-        self.empty = not self.exact.unfiltered and not self.exact.needle_rules and not self.wild_members
+    def __init__(self, index: NeedleIndex, members: Iterable[int]):
+        self.members = frozenset(members)
+        self.always = sorted(self.members & index.unfiltered)
+        self._index = index
+        self._by_needle: dict[int, tuple[int, ...]] = {}
 
-    def candidates(self, text: str) -> list[int]:
-        exact = self.exact
-        rules = set(exact.unfiltered)
-        for v in exact.scan(text):
-            rules.update(exact.needle_rules[v])
-        if self.wild_members:
-            members = self.wild_members
-            rules.update(members.intersection(self.wild.unfiltered))
-            cache = self._wild_by_needle
-            for v in self.wild.scan(text):
-                rs = cache.get(v)
-                if rs is None:
-                    rs = cache[v] = tuple(i for i in self.wild.needle_rules[v] if i in members)
-                rules.update(rs)
+    def candidates(self, found: set) -> list[int]:
+        if not found:
+            return self.always
+        rules = set(self.always)
+        by_needle = self._by_needle
+        for v in found:
+            rs = by_needle.get(v)
+            if rs is None:
+                members = self.members
+                rs = by_needle[v] = tuple(i for i in self._index.needle_rules[v] if i in members)
+            rules.update(rs)
         return sorted(rules)

@@ -128,8 +128,18 @@ class RegexTimeout(Exception):
     """A risky regular expression ran out of time on one value."""
 
 
-def regex_pred(pattern: str, flags: int, risky: bool = False) -> Pred:
-    """Unanchored search on the case-kept value; compiled on first use."""
+def regex_pred(pattern: str, flags: int, risky: bool = False,
+               guard: tuple[str, ...] | None = None) -> Pred:
+    """Unanchored search on the case-kept value; compiled on first use.
+
+    `guard`: literals of which the value must contain one for the regex to match.
+    """
+    if guard:
+        inner = regex_pred(pattern, flags, risky)
+        if len(guard) == 1:
+            g = guard[0]
+            return lambda s: g in s and inner(s)
+        return lambda s: any(g in s for g in guard) and inner(s)
     compiled = None
     if risky:
         import regex  # supports a time limit, unlike re

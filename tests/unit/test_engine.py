@@ -1,0 +1,190 @@
+"""Unit tests for stream.engine: error isolation, odd events, big values, runaway regexes."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import yaml
+
+from stream.engine import Engine, EngineError, lower_event
+from stream.rules import Rule, load_rule_text
+
+SYSMON = "Microsoft-Windows-Sysmon/Operational"
+PROC = {"product": "windows", "category": "process_creation"}
+ANY = {"product": "test", "category": "test"}
+
+
+def rule_doc(title, detection, logsource=ANY):
+    det = dict(detection)
+    det.setdefault("condition", "sel")
+    return yaml.safe_dump({"title": title, "id": str(uuid.uuid4()), "status": "test",
+                           "logsource": logsource, "detection": det, "level": "high"}, sort_keys=False)
+
+
+def engine_of(*docs, **kw):
+    loaded = load_rule_text("---\n".join(docs))
+    assert not loaded.errors, loaded.errors
+    return Engine(loaded.rules, **kw)
+
+
+def titles(hits):
+    return [h.rule.title for h in hits]
+
+
+# ------------------------------------------------------------------ error isolation
+
+def test_rule_raising_during_evaluation_is_reported_and_others_still_match():
+    seen: list[EngineError] = []
+    engine = engine_of(
+        rule_doc("first", {"sel": {"CommandLine|contains": "evil"}}),
+        rule_doc("broken", {"sel": {"CommandLine|contains": "evil"}}),
+        rule_doc("last", {"sel": {"CommandLine|contains": "evil"}}),
+        on_error=seen.append,
+    )
+    broken = next(r for r in engine.rules if r.rule.title == "broken")
+
+    def boom(ev, low):
+        raise RuntimeError("kaboom")
+    broken.match = boom
+
+    ev = {"CommandLine": "so evil"}
+    assert titles(engine.match(ev)) == ["first", "last"]
+    assert titles(engine.match_all(ev)) == ["first", "last"]
+    assert len(engine.errors) == 2
+    err = engine.errors[0]
+    assert err.rule.title == "broken"
+    assert "RuntimeError" in err.reason and "kaboom" in err.reason
+    assert seen == engine.errors
+
+
+def test_rule_whose_ir_cannot_compile_is_reported_and_others_load():
+    good = load_rule_text(rule_doc("good", {"sel": {"A": "x"}})).rules[0]
+    bad = Rule(id="bad", title="bad ir", level=None, status=None, description=None, tags=(),
+               references=(), author=None, date=None, logsource={}, falsepositives=(),
+               ir=("xor", ()))
+    engine = Engine([bad, good])
+    assert [r.rule.title for r in engine.rules] == ["good"]
+    (err,) = engine.errors
+    assert err.rule is bad and "cannot compile" in err.reason
+    assert titles(engine.match({"A": "X"})) == ["good"]
+
+
+def test_matches_are_in_load_order():
+    docs = [rule_doc(f"r{i}", {"sel": {"A|contains": "needle"}}) for i in range(6)]
+    engine = engine_of(*reversed(docs))
+    assert titles(engine.match({"A": "a needle"})) == [f"r{i}" for i in reversed(range(6))]
+
+
+# ------------------------------------------------------------------ odd events
+
+@pytest.mark.parametrize("event", [
+    {"Channel": [SYSMON], "EventID": 1, "Image": "C:\\powershell.exe"},
+    {"Channel": SYSMON, "EventID": [1], "Image": "C:\\powershell.exe"},
+    {"Channel": {"name": SYSMON}, "EventID": {"id": 1}, "Image": "C:\\powershell.exe"},
+    {"Channel": None, "EventID": None, "Image": None},
+    {"Channel": 5, "EventID": "one", "Image": ["C:\\powershell.exe", None, {"x": 1}]},
+    {},
+])
+def test_odd_routing_values_do_not_crash(event):
+    engine = engine_of(
+        rule_doc("proc", {"sel": {"Image|endswith": "\\powershell.exe"}}, PROC),
+        rule_doc("any", {"sel": {"Image|endswith": "\\powershell.exe"}}),
+    )
+    for _ in range(2):  # second time through the bucket cache
+        hits = engine.match(event)
+        assert set(titles(hits)) <= set(titles(engine.match_all(event)))
+    assert engine.errors == []
+
+
+def test_unhashable_channel_still_matches_unrouted_rules():
+    engine = engine_of(rule_doc("any", {"sel": {"Image|endswith": "\\powershell.exe"}}))
+    assert titles(engine.match({"Channel": ["a", "b"], "EventID": [1], "Image": "C:\\PowerShell.exe"})) == ["any"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a list-valued Channel matches the rule's Channel condition "
+                   "(any element, match_all fires) but the router keys the event as channel None, so "
+                   "Engine.match misses the rule (router must never miss)")
+def test_list_channel_routed_like_match_all():
+    engine = engine_of(rule_doc("proc", {"sel": {"Image|endswith": "\\powershell.exe"}}, PROC))
+    ev = {"Channel": [SYSMON], "EventID": 1, "Image": "C:\\powershell.exe"}
+    assert titles(engine.match_all(ev)) == ["proc"]
+    assert titles(engine.match(ev)) == ["proc"]
+
+
+@pytest.mark.parametrize("event, low, nested", [
+    ({"A": "MiXed", "N": 5, "F": 1.5, "B": True, "C": False, "Z": None},
+     {"A": "mixed", "N": "5", "F": "1.5", "B": "true", "C": "false"}, None),
+    ({"L": ["X", 1, None, True], "D": {"k": "V", "m": {"n": ["W"]}}}, {}, ["x", "1", "true", "v", "w"]),
+])
+def test_lower_event(event, low, nested):
+    got_low, got_nested = lower_event(event)
+    assert got_low == low
+    assert got_nested == nested
+
+
+# ------------------------------------------------------------------ big values
+
+BIG = 10 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def big_engine():
+    return engine_of(
+        rule_doc("contains", {"sel": {"CommandLine|contains": "sekurlsa::logonpasswords"}}),
+        rule_doc("wildcard", {"sel": {"CommandLine": "*invoke*mimikatz*"}}),
+        rule_doc("regex", {"sel": {"CommandLine|re": r"sekurlsa::\w+"}}),
+        rule_doc("endswith", {"sel": {"CommandLine|endswith": ".ps1"}}),
+        rule_doc("keyword", {"keywords": ["*DumpCreds*"], "condition": "keywords"}),
+    )
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("x" * BIG, []),
+    ("invoke " + "x" * BIG + " mimikatz sekurlsa::logonpasswords DumpCreds",
+     ["contains", "wildcard", "regex", "keyword"]),
+    ("y" * BIG + " run.ps1", ["endswith"]),
+])
+def test_ten_megabyte_value(big_engine, value, expected):
+    t0 = time.perf_counter()
+    hits = big_engine.match({"CommandLine": value, "Other": "small"})
+    elapsed = time.perf_counter() - t0
+    assert titles(hits) == expected
+    assert big_engine.errors == []
+    assert elapsed < 5.0, f"{elapsed:.2f}s for a 10 MB value"
+
+
+# ------------------------------------------------------------------ runaway regexes
+
+CATASTROPHIC = r"(.+,)+;"   # nested open-ended quantifiers: polynomial blow-up on a run of commas
+
+
+def test_catastrophic_regex_is_flagged_risky():
+    (rule,) = load_rule_text(rule_doc("cat", {"sel": {"A|re": CATASTROPHIC}})).rules
+    assert rule.ir[2] == ("re", CATASTROPHIC, 0, True)
+    (plain,) = load_rule_text(rule_doc("ok", {"sel": {"A|re": r"invoke-\w+"}})).rules
+    assert plain.ir[2][3] is False
+
+
+def test_catastrophic_regex_times_out_and_other_rules_fire():
+    engine = engine_of(
+        rule_doc("catastrophic", {"sel": {"A|re": CATASTROPHIC}}),
+        rule_doc("sibling", {"sel": {"B|contains": "hello"}}),
+        rule_doc("same field", {"sel": {"A|startswith": ",,,,"}}),
+    )
+    ev = {"A": "," * 20000, "B": "say hello"}
+    t0 = time.perf_counter()
+    hits = engine.match(ev)
+    elapsed = time.perf_counter() - t0
+    assert titles(hits) == ["sibling", "same field"]
+    assert elapsed < 10.0, f"took {elapsed:.1f}s"
+    (err,) = engine.errors
+    assert err.rule.title == "catastrophic"
+    assert "RegexTimeout" in err.reason
+
+
+def test_risky_regex_still_matches_normal_values():
+    engine = engine_of(rule_doc("catastrophic", {"sel": {"A|re": CATASTROPHIC}}))
+    assert titles(engine.match({"A": "a,b,;"})) == ["catastrophic"]
+    assert engine.match({"A": "a,b,"}) == []
+    assert engine.errors == []
