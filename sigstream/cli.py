@@ -1,6 +1,7 @@
 """The `sigstream` command line: hunt, check and test (rule authors' tools)."""
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
@@ -275,6 +276,14 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
                + (f", {len(report.errors)} errors" if report.errors else ""))
     sys.exit(0 if report.ok else 1)
 
+
+# The pipeline commands live in their own modules and attach themselves to `main`.
+for _module in ("sigstream.cmd_collect", "sigstream.cmd_run"):
+    try:
+        importlib.import_module(_module)
+    except ModuleNotFoundError as _e:
+        if _e.name != _module:
+            raise
 
 if __name__ == "__main__":  # pragma: no cover
     main()

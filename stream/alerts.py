@@ -10,9 +10,8 @@ import hashlib
 import re
 from typing import Any
 
-import orjson
-
 from stream.engine import CompiledRule
+from stream.envelope import event_fingerprint
 
 _TECHNIQUE = re.compile(r"^attack\.(t\d{4}(?:\.\d{3})?)$", re.IGNORECASE)
 TACTICS = {
@@ -22,10 +21,6 @@ TACTICS = {
     "lateral_movement": "TA0008", "collection": "TA0009", "command_and_control": "TA0011",
     "exfiltration": "TA0010", "impact": "TA0040",
 }
-# What identifies an event across re-reads: the event log's own record identity.
-_EVENT_IDENTITY = ("Computer", "Channel", "EventRecordID", "EventID", "TimeCreated")
-
-
 def attack_of(tags: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
     """ATT&CK technique and tactic ids named by a rule's tags."""
     techniques, tactics = [], []
@@ -37,15 +32,6 @@ def attack_of(tags: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
         elif t.startswith("attack.") and t[7:].replace("-", "_") in TACTICS:
             tactics.append(TACTICS[t[7:].replace("-", "_")])
     return {"techniques": techniques, "tactics": tactics}
-
-
-def event_fingerprint(event: dict) -> str:
-    """A stable id of an event: its record identity when it has one, else its content."""
-    if event.get("EventRecordID") is not None and event.get("Computer") is not None:
-        key = "|".join(str(event.get(k)) for k in _EVENT_IDENTITY)
-    else:
-        key = orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=str).decode()
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def alert_id(rule_key: str, event: dict) -> str:

@@ -25,6 +25,19 @@ def default_cache_dir() -> Path:
     return Path(base) / "sigstream"
 
 
+KEEP_FILES = 6  # per kind: rule sets and needle databases in use at once
+
+
+def prune(directory: Path, pattern: str, keep: int = KEEP_FILES) -> None:
+    """Delete all but the `keep` most recently used cache files matching `pattern`."""
+    try:
+        files = sorted(directory.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 class RuleCache:
     def __init__(self, cache_dir: str | Path | None, salt: str):
         self.path = Path(cache_dir or default_cache_dir()) / f"rules-{salt[:24]}.pickle"
@@ -59,5 +72,6 @@ class RuleCache:
                 pickle.dump(self.entries, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, self.path)
             self.dirty = False
+            prune(self.path.parent, "rules-*.pickle")
         except OSError as e:
             log.warning("could not write rule cache %s: %s", self.path, e)

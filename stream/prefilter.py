@@ -18,6 +18,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable
 
+from stream.cache import prune
+
 log = logging.getLogger(__name__)
 Scanner = Callable[[str], set]
 
@@ -94,6 +96,7 @@ def _store_db(db, needles: list[str], cache_dir: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(hyperscan.dumpb(db))
         tmp.replace(path)
+        prune(path.parent, "needles-*.hsdb")
     except OSError as e:
         log.debug("could not cache needle database: %s", e)
 

@@ -188,3 +188,23 @@ def test_risky_regex_still_matches_normal_values():
     assert titles(engine.match({"A": "a,b,;"})) == ["catastrophic"]
     assert engine.match({"A": "a,b,"}) == []
     assert engine.errors == []
+
+
+# ------------------------------------------------------------------ prefilter database cache
+
+@pytest.mark.parametrize("corrupt", [b"", b"garbage" * 10, None], ids=["empty", "garbage", "truncated"])
+def test_corrupt_needle_database_cache_is_ignored(tmp_path, monkeypatch, corrupt):
+    monkeypatch.setenv("SIGSTREAM_CACHE_DIR", str(tmp_path))
+    docs = [rule_doc(f"r{i}", {"sel": {"CommandLine|contains": f"needle-{i}"}}) for i in range(5)]
+    first = engine_of(*docs)
+    assert titles(first.match({"CommandLine": "x needle-3 y"})) == ["r3"]
+    dbs = list(tmp_path.glob("needles-*"))
+    if not dbs:
+        pytest.skip("no needle database cache on this platform (hyperscan missing)")
+    for db in dbs:
+        data = db.read_bytes()
+        db.write_bytes(data[: len(data) // 2] if corrupt is None else corrupt)
+    second = engine_of(*docs)
+    assert titles(second.match({"CommandLine": "x needle-3 y"})) == ["r3"]
+    assert titles(second.match({"CommandLine": "needle-0 and needle-4"})) == ["r0", "r4"]
+    assert second.match({"CommandLine": "nothing"}) == []

@@ -70,12 +70,29 @@ VOCAB = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine():
+@pytest.fixture(scope="module", params=["default", "pyahocorasick"])
+def engine(request):
+    """The engine with its default scanner, and with the portable fallback forced."""
     loaded = load_rule_text("---\n".join(RULES))
     assert not loaded.errors, loaded.errors
     assert len(loaded.rules) == len(RULES)
-    return Engine(loaded.rules)
+    if request.param == "default":
+        return Engine(loaded.rules)
+    import stream.prefilter as prefilter
+    if not hasattr(prefilter, "_hyperscan_scanner"):
+        pytest.skip("single-backend prefilter")
+
+    def no_hyperscan(*a, **kw):
+        raise ImportError("forced fallback")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prefilter, "_hyperscan_scanner", no_hyperscan)
+    try:
+        engine = Engine(loaded.rules)
+    finally:
+        mp.undo()
+    if hasattr(engine, "stats"):
+        assert engine.stats().get("prefilter", "pyahocorasick") == "pyahocorasick"
+    return engine
 
 
 def random_event(rnd: random.Random) -> dict:
