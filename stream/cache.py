@@ -45,7 +45,10 @@ class RuleCache:
         self.dirty = False
         try:
             with open(self.path, "rb") as f:
-                self.entries = pickle.load(f)
+                entries = pickle.load(f)
+            if not isinstance(entries, dict):
+                raise TypeError(f"holds a {type(entries).__name__}, not a dict")
+            self.entries = entries
         except FileNotFoundError:
             pass
         except Exception as e:  # corrupt or from an incompatible version: start afresh
@@ -53,7 +56,14 @@ class RuleCache:
 
     def get(self, key: str) -> Any:
         blob = self.entries.get(key)
-        return None if blob is None else pickle.loads(blob)
+        if blob is None:
+            return None
+        try:
+            return pickle.loads(blob)
+        except Exception as e:  # one corrupt entry: compile that file afresh
+            log.warning("ignoring corrupt rule cache entry in %s: %s", self.path, e)
+            del self.entries[key]
+            return None
 
     def put(self, key: str, value: Any) -> None:
         # stored pickled so that a later set_path() on the loaded copy never touches it

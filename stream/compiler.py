@@ -13,6 +13,7 @@ prefilter uses them to skip rules.
 from __future__ import annotations
 
 import functools
+import re
 import re._constants as _sre_constants
 import re._parser as _sre_parser
 from typing import Any, Callable
@@ -342,17 +343,35 @@ def regex_needles(pattern: str, flags: int = 0, min_bytes: int = MIN_NEEDLE) -> 
     return _seq_needles(list(parsed), min_bytes)
 
 
+_INLINE_IGNORECASE = re.compile(r"\(\?[aiLmsux]*i[aiLmsux]*[:)]")
+
+
+def regex_ignores_case(pattern: str, flags: int) -> bool:
+    """re.IGNORECASE given as a flag, or inline anywhere, global `(?i)` or scoped `(?i:...)`."""
+    return bool(flags & re.IGNORECASE) or bool(_INLINE_IGNORECASE.search(pattern))
+
+
+def unicode_fold_sensitive(ir: tuple) -> bool:
+    """Does the rule hold a case-insensitive regex (whose Unicode folding str.lower() lacks)?"""
+    kind = ir[0]
+    if kind in ("and", "or"):
+        return any(unicode_fold_sensitive(c) for c in ir[1])
+    if kind == "not":
+        return unicode_fold_sensitive(ir[1])
+    spec = ir[2] if kind == "field" else ir[1] if kind == "kw" else None
+    return spec is not None and spec[0] == "re" and regex_ignores_case(spec[1], spec[2])
+
+
 def regex_guard(pattern: str, flags: int) -> tuple[str, ...] | None:
     """Case-exact literals one of which the value must contain before the regex is worth
     running (a substring test is ~50x cheaper than a failing search)."""
-    import re as _re
     try:
         parsed = _sre_parser.parse(pattern, flags)
     except Exception:
         return None
-    ignorecase = bool(flags & _re.IGNORECASE or parsed.state.flags & _re.IGNORECASE)
     found = _seq_needles(list(parsed), 1, lower=False)
-    if not found or (ignorecase and any(ch.isalpha() for g in found for ch in g)):
+    if not found or (regex_ignores_case(pattern, flags) and any(not ch.isascii() or ch.isalpha()
+                                                                for g in found for ch in g)):
         return None
     return tuple(sorted(found))
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from stream.cache import default_cache_dir
-from stream.compiler import Matcher, compile_detection, explain, needles
+from stream.compiler import Matcher, compile_detection, explain, needles, unicode_fold_sensitive
 from stream.prefilter import Bucket, NeedleIndex
-from stream.routing import LogsourceRouter, event_key, route_of
+from stream.routing import UNROUTABLE, LogsourceRouter, event_key, route_of
 from stream.rules import Rule
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class Engine:
             routes.append(route_of(rule.ir))
             rule_needles.append(needles(rule.ir))
         self._needles = rule_needles
+        self._fold_sensitive = frozenset(
+            r.index for r in self.rules if self._needles[r.index] and unicode_fold_sensitive(r.rule.ir))
         self._router = LogsourceRouter(routes)
         cache = Path(cache_dir or default_cache_dir()) if use_cache else None
         self._index = NeedleIndex(rule_needles, cache)
@@ -97,8 +99,10 @@ class Engine:
             self._on_error(err)
 
     def _bucket(self, channel: Any, event_id: Any) -> Bucket:
-        ch, eid = event_key(channel, event_id)
-        return Bucket(self._index, self._router.rules_for(ch, eid))
+        key = event_key(channel, event_id)
+        if key == UNROUTABLE:
+            return Bucket(self._index, range(len(self.rules)), self._fold_sensitive)
+        return Bucket(self._index, self._router.rules_for(*key), self._fold_sensitive)
 
     def match(self, event: dict) -> list[CompiledRule]:
         """The rules that match this (normalised) event, in load order."""
@@ -118,7 +122,8 @@ class Engine:
         if nested:
             text = text + "\n" + "\n".join(nested)
         rules = self.rules
-        return self._run([rules[i] for i in bucket.candidates(self._index.scan(text))], event, low)
+        found = self._index.scan(text)
+        return self._run([rules[i] for i in bucket.candidates(found, text.isascii())], event, low)
 
     def match_all(self, event: dict) -> list[CompiledRule]:
         """Brute force: every rule, no routing, no prefilter (reference for tests)."""

@@ -23,6 +23,8 @@ and only serves explanations ("why did this match").
 from __future__ import annotations
 
 import re
+import re._constants as _sre_constants
+import re._parser as _sre_parser
 from typing import Any, Callable
 
 from sigma.conditions import (
@@ -54,7 +56,7 @@ from sigma.types import (
     SpecialChars,
 )
 
-IR_VERSION = 7  # bump when the IR shape or its semantics change (invalidates caches)
+IR_VERSION = 8  # bump when the IR shape or its semantics change (invalidates caches)
 
 Placeholders = dict[str, list[str]]
 
@@ -70,12 +72,6 @@ _CMP_OPS = {
     CompareOperators.GTE: "gte",
     CompareOperators.NEQ: "neq",
 }
-# Nested quantifiers such as (a+)+ or (.*)* backtrack exponentially in Python's re.
-_OPEN_ENDED = r"(?:[+*]|\{\d*,\})"
-_NESTED_QUANTIFIER = re.compile(
-    r"\((?:[^()\\]|\\.)*" + _OPEN_ENDED + r"(?:[^()\\]|\\.)*\)" + _OPEN_ENDED)
-
-
 class IRError(ValueError):
     """A rule construct that sigstream cannot evaluate (the reason is user-facing)."""
 
@@ -174,8 +170,40 @@ def regex_spec(pattern: str, flags: Any) -> tuple:
     except re.error as e:
         raise IRError(f"invalid regular expression {pattern!r}: {e}") from None
     # nested open-ended quantifiers can backtrack exponentially: evaluated with a time limit
-    risky = bool(_NESTED_QUANTIFIER.search(pattern))
-    return ("re", pattern, py_flags, risky)
+    return ("re", pattern, py_flags, regex_is_risky(pattern, py_flags))
+
+
+def regex_is_risky(pattern: str, flags: int = 0) -> bool:
+    """An unbounded quantifier inside a repeated group, e.g. (a+)+ or ((a+)b?)+ ."""
+    try:
+        parsed = _sre_parser.parse(pattern, flags)
+    except Exception:
+        return True
+    return _nested_repeat(list(parsed), False)
+
+
+def _nested_repeat(items: list, in_repeat: bool) -> bool:
+    c = _sre_constants
+    for op, av in items:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+            _, hi, sub = av
+            if in_repeat and hi is c.MAXREPEAT:
+                return True
+            if _nested_repeat(list(sub), in_repeat or hi is c.MAXREPEAT or hi > 1):
+                return True
+        elif op is c.SUBPATTERN:
+            if _nested_repeat(list(av[3]), in_repeat):
+                return True
+        elif op is c.BRANCH:
+            if any(_nested_repeat(list(b), in_repeat) for b in av[1]):
+                return True
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            if _nested_repeat(list(av[1]), in_repeat):
+                return True
+        elif op is getattr(c, "ATOMIC_GROUP", None):
+            if _nested_repeat(list(av), in_repeat):
+                return True
+    return False
 
 
 def string_spec(s: SigmaString) -> tuple:

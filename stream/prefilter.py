@@ -115,18 +115,24 @@ def _aho_corasick_scanner(needles: list[str]) -> Scanner:
 class Bucket:
     """The candidate rules for one (channel, event id) key."""
 
-    __slots__ = ("members", "always", "_index", "_by_needle")
+    __slots__ = ("members", "always", "fold", "_index", "_by_needle")
 
-    def __init__(self, index: NeedleIndex, members: Iterable[int]):
+    def __init__(self, index: NeedleIndex, members: Iterable[int],
+                 fold_sensitive: frozenset[int] = frozenset()):
         self.members = frozenset(members)
         self.always = sorted(self.members & index.unfiltered)
+        # Rules whose needles come from case-insensitive regexes: re's Unicode case folding
+        # matches e.g. "ſ" for "s" or "K" (Kelvin) for "k", which str.lower() does not.
+        self.fold = sorted(self.members & fold_sensitive)
         self._index = index
         self._by_needle: dict[int, tuple[int, ...]] = {}
 
-    def candidates(self, found: set) -> list[int]:
-        if not found:
+    def candidates(self, found: set, ascii_text: bool = True) -> list[int]:
+        if not found and (ascii_text or not self.fold):
             return self.always
         rules = set(self.always)
+        if not ascii_text:
+            rules.update(self.fold)
         by_needle = self._by_needle
         for v in found:
             rs = by_needle.get(v)

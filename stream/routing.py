@@ -57,14 +57,33 @@ def _as_int(v: Any) -> int | None:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str) and v.strip().isdigit():
-        return int(v)
+    if isinstance(v, str):
+        text = v.strip()
+        if text.isdigit():
+            return int(text)
+        try:  # "1.0" equals 1 for Sigma number comparison
+            f = float(text)
+        except ValueError:
+            return None
+        return int(f) if f.is_integer() else None
     return None
 
 
+UNROUTABLE = ("<unroutable>", -1)
+
+
 def event_key(channel: Any, event_id: Any) -> tuple[str | None, int | None]:
-    """The routing key of an event (channel compared case-insensitively)."""
-    return (channel.lower() if isinstance(channel, str) else None, _as_int(event_id))
+    """The routing key of an event (channel compared case-insensitively).
+
+    UNROUTABLE for values the index cannot place (a list-valued Channel, an EventID
+    that is no integer): such events meet every rule.
+    """
+    if channel is not None and not isinstance(channel, str):
+        return UNROUTABLE
+    eid = _as_int(event_id)
+    if eid is None and event_id is not None:
+        return UNROUTABLE
+    return (channel.lower() if channel is not None else None, eid)
 
 
 class LogsourceRouter:

@@ -230,14 +230,18 @@ def _salt(compiler: "_FileCompiler", raw: dict[Path, bytes], filters: list[Any])
 
 
 def _load_yaml_docs(path: str, data: bytes) -> tuple[list[dict], list[RuleError]]:
+    """The mapping documents of a YAML file; a syntax error keeps the documents before it."""
+    docs: list[Any] = []
+    errors: list[RuleError] = []
     try:
-        docs = list(yaml.load_all(data, Loader=_YamlLoader))
+        for d in yaml.load_all(data, Loader=_YamlLoader):
+            docs.append(d)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        return [], [RuleError(path, None, None, f"invalid YAML{where}: {problem}")]
-    good, errors = [], []
+        errors.append(RuleError(path, None, None, f"invalid YAML{where}: {problem}"))
+    good = []
     for i, d in enumerate(docs, 1):
         if d is None:
             continue
@@ -292,26 +296,38 @@ class _FileCompiler:
 
     def compile_file(self, path: str, data: bytes) -> FileResult:
         from sigma.collection import SigmaCollection
+        from sigma.correlations import SigmaCorrelationRule
 
         result = FileResult()
         docs, errors = _load_yaml_docs(path, data)
         result.errors.extend(errors)
-        docs = [d for d in docs if "filter" not in d]
-        if not docs:
-            return result
-        try:
-            collection = SigmaCollection.from_dicts(docs, collect_errors=True)
-            items = list(collection.rules)
-        except Exception:  # one bad document: retry each alone so the others still load
-            items = []
-            for d in docs:
-                try:
-                    items.extend(SigmaCollection.from_dicts([d], collect_errors=True).rules)
-                except Exception as e:
-                    result.errors.append(RuleError(path, _s(d.get("id")), _s(d.get("title")), str(e)))
+        items: list[Any] = []
+        # Correlations are parsed alone: their rule references may point to other files,
+        # and they are listed, not evaluated, so the references are not resolved here.
+        for d in (d for d in docs if "correlation" in d):
+            items.append(self._parse_one(path, d, result, SigmaCorrelationRule.from_dict))
+        rule_docs = [d for d in docs if "correlation" not in d and "filter" not in d]
+        if rule_docs:
+            try:
+                items.extend(SigmaCollection.from_dicts(rule_docs, collect_errors=True).rules)
+            except Exception:  # one bad document: parse each alone so the others still load
+                for d in rule_docs:
+                    items.append(self._parse_one(
+                        path, d, result,
+                        lambda doc, collect_errors: SigmaCollection.from_dicts(
+                            [doc], collect_errors=collect_errors).rules[0]))
         for item in items:
-            self._compile_item(path, item, result)
+            if item is not None:
+                self._compile_item(path, item, result)
         return result
+
+    @staticmethod
+    def _parse_one(path: str, doc: dict, result: FileResult, parse: Any) -> Any:
+        try:
+            return parse(doc, collect_errors=True)
+        except Exception as e:  # pySigma raises many exception types here
+            result.errors.append(RuleError(path, _s(doc.get("id")), _s(doc.get("title")), _reason(e)))
+            return None
 
     def _compile_item(self, path: str, item: Any, result: FileResult) -> None:
         from sigma.correlations import SigmaCorrelationRule

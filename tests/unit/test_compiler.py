@@ -292,10 +292,7 @@ def test_unknown_ir_node_is_rejected():
     pytest.param(r"\d{3}-\d{4}", 0, "call 555-1234", True, id="no-literal"),
     pytest.param("(foo|bar)baz", 0, "xbarbaz", True, id="alternation"),
     pytest.param(
-        "(?i:invoke-mimikatz)", 0, "INVOKE-MIMIKATZ", True, id="scoped-inline-i",
-        marks=pytest.mark.xfail(strict=True, reason="BUG: regex_guard ignores scoped inline flags "
-                                "(?i:...), builds a case-exact guard 'invoke-mimikatz' and so the "
-                                "regex never matches 'INVOKE-MIMIKATZ' although re.search does")),
+        "(?i:invoke-mimikatz)", 0, "INVOKE-MIMIKATZ", True, id="scoped-inline-i"),
 ])
 def test_regex_field_matches_like_re_search(pattern, flags, value, expected):
     assert (re.search(pattern, value, flags) is not None) is expected

@@ -102,9 +102,6 @@ def test_unhashable_channel_still_matches_unrouted_rules():
     assert titles(engine.match({"Channel": ["a", "b"], "EventID": [1], "Image": "C:\\PowerShell.exe"})) == ["any"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a list-valued Channel matches the rule's Channel condition "
-                   "(any element, match_all fires) but the router keys the event as channel None, so "
-                   "Engine.match misses the rule (router must never miss)")
 def test_list_channel_routed_like_match_all():
     engine = engine_of(rule_doc("proc", {"sel": {"Image|endswith": "\\powershell.exe"}}, PROC))
     ev = {"Channel": [SYSMON], "EventID": 1, "Image": "C:\\powershell.exe"}
@@ -164,6 +161,17 @@ def test_catastrophic_regex_is_flagged_risky():
     assert rule.ir[2] == ("re", CATASTROPHIC, 0, True)
     (plain,) = load_rule_text(rule_doc("ok", {"sel": {"A|re": r"invoke-\w+"}})).rules
     assert plain.ir[2][3] is False
+
+
+@pytest.mark.parametrize("pattern", [
+    r"(a+)+$", r"(?:a+)+$", r"(a{1,})+$", r"(\w+\s?)+$", CATASTROPHIC,
+    pytest.param(r"(?:(a+))+$"),
+    pytest.param(r"((a+)b?)+$"),
+])
+def test_nested_quantifiers_are_flagged_risky(pattern):
+    (rule,) = load_rule_text(rule_doc("cat", {"sel": {"A|re": pattern}})).rules
+    assert rule.ir[2][0] == "re"
+    assert rule.ir[2][3] is True
 
 
 def test_catastrophic_regex_times_out_and_other_rules_fire():

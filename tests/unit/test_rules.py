@@ -154,8 +154,6 @@ def test_bad_yaml_line_numbers_are_one_based(text, line):
     assert f"(line {line}," in err.reason
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a YAML syntax error in a later document of a multi-document "
-                   "file drops the valid rules of the earlier documents (whole file parsed at once)")
 def test_bad_yaml_in_later_document_keeps_earlier_documents(tmp_path):
     f = write(tmp_path / "multi.yml", rule_yaml(title="first, valid") + "---\ntitle: x\n  bad: [\n")
     loaded = load_rules([f], use_cache=False)
@@ -313,8 +311,6 @@ def test_correlation_that_pysigma_cannot_parse_is_an_error_not_a_crash(tmp_path)
     assert err.rule_id == "33333333-3333-3333-3333-333333333333"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: one broken document makes compile_file retry each document "
-                   "alone, so a valid correlation in the same file no longer finds the rule it references")
 def test_valid_correlation_survives_a_broken_sibling_document(tmp_path):
     # a correlation without condition/group-by: pySigma raises instead of collecting the error
     broken = textwrap.dedent("""\
@@ -331,8 +327,6 @@ def test_valid_correlation_survives_a_broken_sibling_document(tmp_path):
     assert [e.title for e in loaded.errors] == ["broken corr"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: files are compiled one by one, so a correlation that references "
-                   "a rule in another file fails with 'Rule ... not found in rule collection'")
 def test_correlation_referencing_rule_in_another_file(tmp_path):
     write(tmp_path / "a_base.yml", BASE_RULE)
     write(tmp_path / "b_corr.yml", CORRELATION.replace("REF", "base_rule"))
@@ -485,12 +479,8 @@ def _cache_file(cache: Path) -> Path:
     pytest.param(lambda old: b"definitely not a pickle", id="garbage"),
     pytest.param(lambda old: b"", id="empty"),
     pytest.param(lambda old: old[: len(old) // 2], id="truncated"),
-    pytest.param(lambda old: pickle.dumps(["a", "list"]), id="pickled-list",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: a cache file holding a valid pickle "
-                                         "that is not a dict crashes load_rules (AttributeError)")),
-    pytest.param(lambda old: pickle.dumps({k: b"xx" for k in pickle.loads(old)}), id="corrupt-entry",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: a corrupt entry inside a readable cache "
-                                         "crashes load_rules (UnpicklingError in RuleCache.get)")),
+    pytest.param(lambda old: pickle.dumps(["a", "list"]), id="pickled-list"),
+    pytest.param(lambda old: pickle.dumps({k: b"xx" for k in pickle.loads(old)}), id="corrupt-entry"),
 ])
 def test_corrupt_cache_file_is_ignored(tmp_path, corrupt):
     cache = tmp_path / "cache"

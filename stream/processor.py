@@ -1,0 +1,318 @@
+"""The stream processor: consume event envelopes, run the engine, produce alerts.
+
+    source.poll() -> decode -> engine.match -> build_alert -> alert_sink.add
+                        \\-> (unusable record / unexpected error) -> dead_letters.add
+
+Delivery guarantee: at-least-once, with stable ids
+--------------------------------------------------
+After every batch, and only there, the processor makes its output durable and
+then records its input position, in this order (see `_commit`):
+
+    1. alert_sink.flush()     blocks until every alert of the batch is acked
+    2. dead_letters.flush()   blocks until every dead letter is acked
+    3. source.commit()        commits the positions of everything polled so far
+
+So a committed offset never runs ahead of the output: whatever crashes (the
+process, a flush that raises, the broker), the records after the last commit
+are re-delivered to the group on restart and re-processed. Re-processing can
+produce an alert twice, never lose one; a duplicate carries the same
+`alert_id` (sha256 of rule id + event fingerprint) and the same dead-letter
+source coordinates, so consumers de-duplicate on `alert_id`.
+
+Why not exactly-once (Kafka transactions)? Not because the client cannot:
+kafka-python 3.0.12 *does* ship a transactional producer (`transactional_id`,
+`init_transactions`, `begin_transaction`, `send_offsets_to_transaction`,
+`commit_transaction`, `abort_transaction` in kafka/producer/kafka.py and
+kafka/producer/transaction_manager.py; `isolation_level='read_committed'` in
+the consumer's fetcher). We keep at-least-once because (a) alerts and dead
+letters go through two independent sinks and the offsets through the
+consumer; one transaction would need a single transactional producer shared by
+both sinks plus `send_offsets_to_transaction` with the consumer's group
+metadata, i.e. a different connector contract; (b) every downstream reader
+(SIEM, `alerts tail`) would have to read with read_committed to benefit;
+(c) alerts are idempotent by construction (`alert_id`), so de-duplication at
+the reader gives the same effective result with less machinery and no
+per-batch transaction round trips.
+
+A flush that raises propagates out of `run()` without committing: the batch is
+re-delivered after the restart. One bad record never stops the loop: envelope
+errors and any unexpected exception while handling a record dead-letter that
+record (with the reason) and processing continues.
+
+This module does not import `connectors/` or Kafka: it works on the small
+protocols below, which the Kafka connector and the in-memory transport
+(`connectors.memory`) both implement.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol, Sequence
+
+from stream.alerts import build_alert
+from stream.engine import Engine
+from stream.envelope import EnvelopeError, decode
+from stream.rules import Rule
+
+log = logging.getLogger(__name__)
+
+
+class SourceMessage(Protocol):
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    headers: Any
+
+
+class EventSource(Protocol):
+    def poll(self, max_records: int, timeout_s: float) -> list[Any]: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class AlertSink(Protocol):
+    def add(self, alert: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...   # blocks until every added alert is durable
+    def close(self) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    def add(self, msg: Any, reason: str) -> None: ...
+    def flush(self) -> None: ...   # blocks until every added record is durable
+    def close(self) -> None: ...
+
+
+def iso_utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Metrics:
+    """Counters of one processor; `snapshot()` adds rates (and lag when the source has it)."""
+    started: float = field(default_factory=time.monotonic)
+    events: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    errors: int = 0            # unexpected exceptions per record (also dead-lettered)
+    batches: int = 0
+    commits: int = 0
+    reloads: int = 0
+    reloads_rejected: int = 0
+    rules: int = 0
+    lag: int | None = None
+    _window: tuple[float, int] = (0.0, 0)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        t0, e0 = self._window or (self.started, 0)
+        t0 = t0 or self.started
+        recent = (self.events - e0) / max(now - t0, 1e-9)
+        self._window = (now, self.events)
+        return {
+            "events": self.events, "alerts": self.alerts, "dead_letters": self.dead_letters,
+            "errors": self.errors, "batches": self.batches, "commits": self.commits,
+            "reloads": self.reloads, "reloads_rejected": self.reloads_rejected, "rules": self.rules,
+            "lag": self.lag, "events_per_s": round(recent, 1),
+            "events_per_s_total": round(self.events / elapsed, 1),
+            "uptime_s": round(elapsed, 1),
+        }
+
+
+class Processor:
+    """Poll → match → alert loop with batch-level commits (see module doc)."""
+
+    def __init__(self, source: EventSource, engine: Engine, alert_sink: AlertSink,
+                 dead_letters: DeadLetterSink, *, clock: Callable[[], float] = time.time,
+                 batch_size: int = 500, poll_timeout_s: float = 0.5,
+                 until_idle_s: float | None = None, metrics: Metrics | None = None,
+                 rule_loader: Callable[[], Sequence[Rule]] | None = None,
+                 watch: Callable[[], bool] | None = None, watch_interval_s: float = 2.0,
+                 idle_exit: Callable[[], bool] | None = None,
+                 log_interval_s: float = 30.0):
+        """
+        clock:        wall clock (epoch seconds) for `detected_at` and the idle timer.
+        until_idle_s: return from run() after no new record for this long.
+        rule_loader:  called on `request_reload()` (SIGHUP) to get the new rule set.
+        watch:        called every watch_interval_s between batches; True -> reload.
+        idle_exit:    called when a poll returns nothing; True -> return (embedded
+                      mode: "the collector has finished and everything is consumed").
+        """
+        self.source = source
+        self.engine = engine
+        self.alert_sink = alert_sink
+        self.dead_letters = dead_letters
+        self.clock = clock
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.until_idle_s = until_idle_s
+        self.metrics = metrics or Metrics()
+        self.metrics.rules = len(engine.rules)
+        self.rule_loader = rule_loader
+        self.watch = watch
+        self.watch_interval_s = watch_interval_s
+        self.idle_exit = idle_exit
+        self.log_interval_s = log_interval_s
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._lock = threading.Lock()
+        self._pending_engine: Engine | None = None
+        self._last_watch = time.monotonic()
+        self._last_log = time.monotonic()
+
+    # ------------------------------------------------------------ control ---
+    def stop(self) -> None:
+        """Finish the current batch, commit, return from run(). Signal-safe."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_reload(self) -> None:
+        """Reload rules through `rule_loader` at the next batch boundary. Signal-safe."""
+        self._reload_requested.set()
+
+    def reload(self, rules: Sequence[Rule]) -> bool:
+        """Compile `rules` now and swap the engine in at the next batch boundary.
+
+        An empty rule set, or one where no rule compiles, is rejected: the old
+        rules stay in force and the reason is logged. Returns whether accepted.
+        """
+        try:
+            if not rules:
+                raise ValueError("the new rule set is empty")
+            engine = Engine(rules)
+            if not engine.rules:
+                raise ValueError(f"none of the {len(rules)} new rule(s) compiled"
+                                 + (f" (first error: {engine.errors[0].reason})" if engine.errors else ""))
+        except Exception as e:
+            self.metrics.reloads_rejected += 1
+            log.warning("rule reload rejected, keeping the %d current rule(s): %s",
+                        len(self.engine.rules), e,
+                        extra={"fields": {"event": "reload_rejected", "reason": str(e),
+                                          "rules": len(self.engine.rules)}})
+            return False
+        with self._lock:
+            self._pending_engine = engine
+        return True
+
+    def _reload_from_loader(self) -> None:
+        if self.rule_loader is None:
+            log.warning("rule reload requested but no rule loader is configured")
+            return
+        try:
+            rules = list(self.rule_loader())
+        except BaseException as e:  # noqa: BLE001 - a loader calling sys.exit must not kill us
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            self.metrics.reloads_rejected += 1
+            log.warning("rule reload failed, keeping the %d current rule(s): %s: %s",
+                        len(self.engine.rules), type(e).__name__, e,
+                        extra={"fields": {"event": "reload_rejected", "reason": f"{type(e).__name__}: {e}",
+                                          "rules": len(self.engine.rules)}})
+            return
+        self.reload(rules)
+
+    def _between_batches(self) -> None:
+        now = time.monotonic()
+        if self.watch is not None and now - self._last_watch >= self.watch_interval_s:
+            self._last_watch = now
+            try:
+                if self.watch():
+                    log.info("rule files changed; reloading")
+                    self._reload_requested.set()
+            except Exception as e:  # a vanished file etc.: try again later
+                log.warning("rule watch failed: %s", e)
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self._reload_from_loader()
+        with self._lock:
+            engine, self._pending_engine = self._pending_engine, None
+        if engine is not None:
+            old = len(self.engine.rules)
+            self.engine = engine
+            self.metrics.reloads += 1
+            self.metrics.rules = len(engine.rules)
+            log.warning("rules reloaded: %d -> %d rule(s)", old, len(engine.rules),
+                        extra={"fields": {"event": "reloaded", "old_rules": old,
+                                          "rules": len(engine.rules)}})
+        if now - self._last_log >= self.log_interval_s:
+            self._last_log = now
+            self.log_metrics()
+
+    def log_metrics(self) -> None:
+        lag = getattr(self.source, "lag", None)
+        if callable(lag):
+            try:
+                self.metrics.lag = lag()
+            except Exception:  # lag is best effort
+                self.metrics.lag = None
+        log.info("processor metrics", extra={"fields": {"event": "metrics", **self.metrics.snapshot()}})
+
+    # --------------------------------------------------------------- loop ---
+    def run(self) -> Metrics:
+        """Process until stop(), until idle (until_idle_s / idle_exit), or a sink fails."""
+        last_record = self.clock()
+        while not self._stop.is_set():
+            self._between_batches()
+            batch = self.source.poll(self.batch_size, self.poll_timeout_s)
+            if not batch:
+                if self.idle_exit is not None and self.idle_exit():
+                    break
+                if self.until_idle_s is not None and self.clock() - last_record >= self.until_idle_s:
+                    log.info("no new records for %.1fs; stopping", self.until_idle_s)
+                    break
+                continue
+            self.process_batch(batch)
+            self._commit()
+            last_record = self.clock()
+        self.log_metrics()
+        return self.metrics
+
+    def process_batch(self, batch: Sequence[Any]) -> None:
+        m = self.metrics
+        m.batches += 1
+        for msg in batch:
+            m.events += 1
+            try:
+                self._process(msg)
+            except EnvelopeError as e:
+                self._dead_letter(msg, str(e))
+            except Exception as e:  # never let one record crash the loop
+                m.errors += 1
+                log.debug("record %s/%s@%s failed", getattr(msg, "topic", "?"),
+                          getattr(msg, "partition", "?"), getattr(msg, "offset", "?"), exc_info=True)
+                self._dead_letter(msg, f"processing failed: {type(e).__name__}: {e}")
+
+    def _process(self, msg: Any) -> None:
+        env = decode(msg.value)
+        event = env["event"]
+        hits = self.engine.match(event)
+        if not hits:
+            return
+        source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                  "event_id": env["event_id"]}
+        detected_at = iso_utc(self.clock())
+        alerts = [build_alert(hit, event, source=source, detected_at=detected_at) for hit in hits]
+        for alert in alerts:
+            self.alert_sink.add(alert)
+        self.metrics.alerts += len(alerts)
+
+    def _dead_letter(self, msg: Any, reason: str) -> None:
+        self.metrics.dead_letters += 1
+        log.debug("dead letter %s/%s@%s: %s", getattr(msg, "topic", "?"),
+                  getattr(msg, "partition", "?"), getattr(msg, "offset", "?"), reason)
+        self.dead_letters.add(msg, reason)
+
+    def _commit(self) -> None:
+        # THE commit order (the only place offsets are committed): output first, then input.
+        self.alert_sink.flush()      # 1. alerts acked
+        self.dead_letters.flush()    # 2. dead letters acked
+        self.source.commit()         # 3. only now may the group move past these records
+        self.metrics.commits += 1
