@@ -333,8 +333,7 @@ class Spool:
             return True
         if segment < cur.segment:
             return True
-        return segment == cur.segment and cur.offset >= self._sizes.get(segment, 0) \
-            and not self.is_tail(segment)
+        return segment == cur.segment and cur.offset >= self._sizes.get(segment, 0)
 
     def iter_records(self) -> Iterator[SpoolRecord]:
         """All stored records in order (does not move the cursor)."""

@@ -1,0 +1,373 @@
+"""The stream processor on the in-memory transport (explicit clocks, no Kafka)."""
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
+                               MemorySource, publish_events)
+from connectors.readers import read_events
+from stream.alerts import alert_id
+from stream.engine import Engine
+from stream.envelope import MAX_MESSAGE_BYTES, encode, event_fingerprint, host_key, wrap
+from stream.processor import Metrics, Processor
+from stream.rules import load_rule_text, load_rules
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "sigma_rules"
+SAMPLES = REPO / "samples"
+PATTERN = r"sigstream\.events\..*"
+SYSMON = "Microsoft-Windows-Sysmon/Operational"
+
+
+class Clock:
+    """Explicit clock: every reading advances it by `step` seconds."""
+
+    def __init__(self, start: float = 1_764_000_000.0, step: float = 0.25):
+        self.t, self.step = start, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules([RULES], use_cache=False).rules
+
+
+@pytest.fixture(scope="module")
+def engine(rules):
+    return Engine(rules, use_cache=False)
+
+
+def sample_events():
+    return [ev for ev, _ in read_events([SAMPLES])]
+
+
+def make(broker, engine, alerts=None, dlq=None, group="g", **kw):
+    kw.setdefault("clock", Clock())
+    kw.setdefault("poll_timeout_s", 0)
+    kw.setdefault("until_idle_s", 1.0)
+    source = MemorySource(broker, PATTERN, group)
+    return Processor(source, engine, alerts or MemoryAlertSink(broker), dlq or MemoryDeadLetterSink(broker),
+                     **kw)
+
+
+def proc_event(cmd: str, n: int, host: str = "WKS-1") -> dict:
+    return {"EventID": 1, "Channel": SYSMON, "Computer": host, "EventRecordID": n,
+            "TimeCreated": f"2026-11-24T08:00:{n % 60:02d}.000000Z",
+            "Image": r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe",
+            "ParentImage": r"C:\Windows\System32\mshta.exe", "CommandLine": cmd}
+
+
+ENC_RULE = textwrap.dedent("""
+    title: Encoded command
+    id: 11111111-1111-4111-8111-111111111111
+    status: test
+    level: high
+    logsource: {product: windows, category: process_creation}
+    detection:
+      sel: {CommandLine|contains: '-enc'}
+      condition: sel
+""")
+OTHER_RULE = ENC_RULE.replace("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222") \
+    .replace("Encoded command", "Hidden window").replace("'-enc'", "'-w hidden'")
+
+
+def one_rule(text=ENC_RULE):
+    loaded = load_rule_text(text)
+    assert loaded.rules, loaded.errors
+    return loaded.rules
+
+
+def produce(broker, events):
+    return publish_events(MemoryProducer(broker), events, collector_id="test")
+
+
+# ------------------------------------------------------------------ semantics ---
+
+def test_alerts_equal_hunt_on_the_bundled_samples(engine):
+    events = sample_events()
+    expected = {(h.rule.id, event_fingerprint(ev)) for ev in events for h in engine.match(ev)}
+    expected_ids = {alert_id(h.rule.id, ev) for ev in events for h in engine.match(ev)}
+    assert len(expected) >= 15   # README: 19 detections in fileless-intrusion.jsonl
+
+    broker = MemoryBroker()
+    produce(broker, events)
+    p = make(broker, engine, batch_size=7)
+    metrics = p.run()
+    alerts = MemoryAlertSink(broker).alerts()
+    got = {(a["rule"]["id"], a["source"]["event_id"]) for a in alerts}
+    assert got == expected
+    assert {a["alert_id"] for a in alerts} == expected_ids
+    assert len(alerts) == len(expected)                        # no duplicates without a crash
+    assert metrics.events == len(events) and metrics.alerts == len(alerts)
+    assert metrics.dead_letters == 0 and metrics.batches >= len(events) // 7
+    a = alerts[0]
+    assert set(a["source"]) == {"topic", "partition", "offset", "event_id"}
+    assert a["source"]["topic"].startswith("sigstream.events.")
+    assert a["detected_at"].startswith("2025-11-24T") and a["detected_at"].endswith("Z")
+    assert a["matched"] and a["event"]["Computer"] == a["host"]
+    # everything was committed
+    src = MemorySource(broker, PATTERN, "g")
+    assert src.poll(1000, 0) == []
+
+
+def test_benign_baseline_gives_no_alerts(engine):
+    broker = MemoryBroker()
+    produce(broker, [ev for ev, _ in read_events([SAMPLES / "benign-baseline.jsonl"])])
+    make(broker, engine).run()
+    assert MemoryAlertSink(broker).alerts() == []
+
+
+# ---------------------------------------------------------------- commit order ---
+
+class Recorder:
+    def __init__(self, calls, name, fail_flush=False):
+        self.calls, self.name, self.fail_flush = calls, name, fail_flush
+        self.items = []
+        self.durable = []
+
+    def add(self, *item):
+        self.calls.append(f"{self.name}.add")
+        self.items.append(item)
+
+    def flush(self):
+        self.calls.append(f"{self.name}.flush")
+        if self.fail_flush:
+            raise ConnectionError("broker unreachable")
+        self.durable.extend(self.items)
+        self.items = []
+
+    def close(self):
+        pass
+
+
+class RecordingSource(MemorySource):
+    def __init__(self, calls, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls = calls
+
+    def poll(self, max_records, timeout_s):
+        got = super().poll(max_records, timeout_s)
+        if got:
+            self.calls.append("source.poll")
+        return got
+
+    def commit(self):
+        self.calls.append("source.commit")
+        super().commit()
+
+
+def test_commit_only_after_alert_and_dead_letter_flush():
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [proc_event("powershell -enc AAAA", i) for i in range(5)])
+    MemoryProducer(broker).send("sigstream.events.sysmon", b"not json")
+    calls: list[str] = []
+    src = RecordingSource(calls, broker, PATTERN, "g")
+    p = Processor(src, Engine(one_rule(), use_cache=False), Recorder(calls, "alerts"),
+                  Recorder(calls, "dlq"), clock=Clock(), batch_size=3, poll_timeout_s=0, until_idle_s=1)
+    p.run()
+    assert calls.count("source.commit") == 2
+    # per batch: poll, adds..., alerts.flush, dlq.flush, commit
+    compact = [c for c in calls if not c.endswith(".add")]
+    assert compact == ["source.poll", "alerts.flush", "dlq.flush", "source.commit"] * 2
+    for i, c in enumerate(calls):
+        if c == "source.commit":
+            assert calls[i - 1] == "dlq.flush" and calls[i - 2] == "alerts.flush"
+    assert calls.index("dlq.add") < calls.index("source.commit", calls.index("source.poll", 1))
+
+
+def test_failed_alert_flush_means_no_commit_and_redelivery_after_restart():
+    broker = MemoryBroker(default_partitions=1)
+    events = [proc_event("powershell -enc AAAA", i) for i in range(6)]
+    produce(broker, events)
+    eng = Engine(one_rule(), use_cache=False)
+    calls: list[str] = []
+    broken = Recorder(calls, "alerts", fail_flush=True)
+    src = RecordingSource(calls, broker, PATTERN, "g")
+    p = Processor(src, eng, broken, Recorder(calls, "dlq"), clock=Clock(), batch_size=4,
+                  poll_timeout_s=0, until_idle_s=1)
+    with pytest.raises(ConnectionError):
+        p.run()
+    assert "source.commit" not in calls
+    assert broker.committed("g", "sigstream.events.sysmon", 0) is None
+    # "restart": a new member of the same group with a working sink sees the whole batch again
+    alerts = MemoryAlertSink(broker)
+    make(broker, eng, alerts=alerts).run()
+    got = alerts.alerts()
+    assert len(got) == 6
+    assert {a["alert_id"] for a in got} == {alert_id(one_rule()[0].id, ev) for ev in events}
+
+
+def test_crash_between_batches_only_duplicates_with_same_alert_id():
+    broker = MemoryBroker(default_partitions=1)
+    events = [proc_event("powershell -enc AAAA", i) for i in range(10)]
+    produce(broker, events)
+    eng = Engine(one_rule(), use_cache=False)
+
+    class CrashAfterFlush(MemoryAlertSink):
+        """Flushes (alerts become durable) then 'dies' before the commit."""
+        def flush(self):
+            super().flush()
+            raise SystemExit("killed")
+
+    with pytest.raises(SystemExit):
+        make(broker, eng, alerts=CrashAfterFlush(broker), batch_size=4).run()
+    make(broker, eng, batch_size=4).run()
+    got = MemoryAlertSink(broker).alerts()
+    ids = [a["alert_id"] for a in got]
+    assert len(set(ids)) == 10 and len(ids) == 14      # the first batch twice, same ids
+
+
+# -------------------------------------------------------------- poison records ---
+
+def test_poison_messages_are_dead_lettered_and_processing_continues():
+    broker = MemoryBroker(default_partitions=1)
+    prod = MemoryProducer(broker)
+    topic = "sigstream.events.sysmon"
+    good = proc_event("powershell -enc AAAA", 1)
+    bad = [
+        (b"this is not json", "not JSON"),
+        (b"\xff\xfe\x00garbage\x80", "not JSON (or not UTF-8)"),
+        (b"[1, 2, 3]", "JSON list"),
+        (orjson.dumps({"v": 1, "event_id": "x", "source": "sysmon"}), "no 'event' object"),
+        (b"{" + b" " * MAX_MESSAGE_BYTES + b"}", "exceeds"),
+        (orjson.dumps({"v": 99, "event": {}}), "unsupported envelope version"),
+        (None, "tombstone"),
+    ]
+    for value, _ in bad:
+        prod.send(topic, value, key=b"WKS-1")
+    prod.send(topic, encode(wrap(good, "test")), key=host_key(good))
+    dlq = MemoryDeadLetterSink(broker)
+    p = make(broker, Engine(one_rule(), use_cache=False), dlq=dlq, batch_size=3)
+    m = p.run()
+    dead = broker.messages("sigstream.dlq")
+    assert len(dead) == len(bad) == m.dead_letters
+    for (value, why), d in zip(bad, dead):
+        assert why in d.header("reason").decode(), (why, d.header("reason"))
+        assert d.value == value
+        assert d.header("source_topic") == topic.encode()
+    assert int(dead[0].header("source_offset")) == 0
+    (alert,) = MemoryAlertSink(broker).alerts()
+    assert alert["source"]["offset"] == len(bad)
+    assert MemorySource(broker, PATTERN, "g").poll(100, 0) == []   # committed past the poison
+
+
+def test_unexpected_exception_is_dead_lettered_not_fatal():
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [proc_event("powershell -enc AAAA", i) for i in range(3)])
+    real = Engine(one_rule(), use_cache=False)
+
+    class Flaky:
+        rules = real.rules
+
+        def match(self, event):
+            if event["EventRecordID"] == 1:
+                raise KeyError("boom")
+            return real.match(event)
+
+    m = make(broker, Flaky()).run()
+    (d,) = broker.messages("sigstream.dlq")
+    assert "processing failed: KeyError" in d.header("reason").decode()
+    assert m.errors == 1 and m.alerts == 2 and m.events == 3
+
+
+# ------------------------------------------------------------- stop, idle, reload ---
+
+def test_until_idle_returns_after_idle_time_with_explicit_clock():
+    broker = MemoryBroker()
+    clock = Clock(step=0.1)
+    p = make(broker, Engine(one_rule(), use_cache=False), clock=clock, until_idle_s=5)
+    t0 = clock.t
+    p.run()
+    assert 5 <= clock.t - t0 < 6    # ~50 empty polls of the explicit clock
+
+
+def test_idle_exit_hook_ends_the_run_once_drained():
+    broker = MemoryBroker()
+    produce(broker, [proc_event("powershell -enc A", i) for i in range(4)])
+    p = make(broker, Engine(one_rule(), use_cache=False), until_idle_s=None, idle_exit=lambda: True)
+    assert p.run().events == 4
+
+
+def test_stop_finishes_the_batch_commits_and_returns():
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [proc_event("powershell -enc AAAA", i) for i in range(10)])
+    holder = {}
+
+    class StopOnFirst(MemoryAlertSink):
+        def add(self, alert):
+            super().add(alert)
+            holder["p"].stop()     # like SIGTERM arriving mid-batch
+
+    p = make(broker, Engine(one_rule(), use_cache=False), alerts=StopOnFirst(broker), batch_size=4,
+             until_idle_s=None)
+    holder["p"] = p
+    m = p.run()                    # returns although never idle
+    assert m.batches == 1 and m.events == 4 and m.commits == 1
+    assert len(MemoryAlertSink(broker).alerts()) == 4
+    assert broker.committed("g", "sigstream.events.sysmon", 0) == 4
+
+
+def test_reload_swaps_rules_between_batches():
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [proc_event("powershell -enc A -w hidden", i) for i in range(4)])
+    p = make(broker, Engine(one_rule(), use_cache=False), batch_size=2)
+    p.process_batch(p.source.poll(2, 0))
+    assert p.reload(one_rule(OTHER_RULE)) is True
+    assert p.engine.rules[0].rule.title == "Encoded command"   # not mid-batch
+    p.run()
+    assert p.engine.rules[0].rule.title == "Hidden window"
+    p.alert_sink.flush()
+    titles = [a["rule"]["title"] for a in MemoryAlertSink(broker).alerts()]
+    assert titles == ["Encoded command"] * 2 + ["Hidden window"] * 2
+    assert p.metrics.reloads == 1
+
+
+def test_reload_keeps_old_rules_when_new_set_is_empty_or_loader_fails(caplog):
+    broker = MemoryBroker()
+    eng = Engine(one_rule(), use_cache=False)
+    loads = iter([[], RuntimeError("yaml broken"), SystemExit(2)])
+
+    def loader():
+        nxt = next(loads)
+        if isinstance(nxt, BaseException):
+            raise nxt
+        return nxt
+
+    p = make(broker, eng, rule_loader=loader)
+    with caplog.at_level(logging.WARNING, logger="stream.processor"):
+        assert p.reload([]) is False
+        for _ in range(3):
+            p.request_reload()
+            p._between_batches()
+    assert p.engine is eng
+    assert p.metrics.reloads_rejected == 4 and p.metrics.reloads == 0
+    text = caplog.text
+    assert "empty" in text and "yaml broken" in text and "keeping the 1 current rule" in text
+
+
+def test_watch_triggers_reload():
+    broker = MemoryBroker()
+    changes = iter([True])
+    p = make(broker, Engine(one_rule(), use_cache=False), rule_loader=lambda: one_rule(OTHER_RULE),
+             watch=lambda: next(changes, False), watch_interval_s=0)
+    p.run()
+    assert p.engine.rules[0].rule.title == "Hidden window"
+
+
+def test_metrics_snapshot_and_lag():
+    broker = MemoryBroker()
+    produce(broker, [proc_event("powershell -enc A", i) for i in range(3)])
+    p = make(broker, Engine(one_rule(), use_cache=False), log_interval_s=0)
+    m = p.run()
+    snap = m.snapshot()
+    assert snap["events"] == 3 and snap["alerts"] == 3 and snap["lag"] == 0 and snap["rules"] == 1
+    assert "events_per_s" in snap
+    assert isinstance(m, Metrics)
