@@ -9,7 +9,10 @@ second load of the SigmaHQ set skips YAML and pySigma entirely.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -173,23 +176,58 @@ def load_rules(
 
     out = LoadedRules(files=len(files))
     out.errors.extend(filter_errors)
+    keys = {f: hashlib.sha256(raw[f]).hexdigest() for f in files}
+    results: dict[Path, FileResult] = {}
     for f in files:
-        data = raw[f]
-        key = hashlib.sha256(data).hexdigest()
-        result = cache.get(key) if cache else None
-        if result is None:
-            result = compiler.compile_file(str(f), data)
-            if cache:
-                cache.put(key, result)
-        else:
+        cached = cache.get(keys[f]) if cache else None
+        if cached is not None:
+            results[f] = cached
             out.cache_hits += 1
-        result.set_path(str(f))
-        _add(out, result, selection)
-        if progress is not None:
-            progress()
+    misses = [f for f in files if f not in results]
+    for f, result in _compile_files(compiler, misses, raw, progress):
+        results[f] = result
+        if cache:
+            cache.put(keys[f], result)
+    for f in files:
+        _add(out, results[f].set_path(str(f)), selection)
     if cache:
         cache.save()
     return out
+
+
+PARALLEL_MIN_FILES = 200  # below this, starting worker processes costs more than it saves
+
+
+def _compile_files(compiler: "_FileCompiler", files: list[Path], raw: dict[Path, bytes],
+                   progress: Any) -> Iterable[tuple[Path, FileResult]]:
+    """Compile cache misses; a large cold load is spread over the CPU cores."""
+    workers = min(os.cpu_count() or 1, 8)
+    # fork only a single-threaded process (a Kafka client's threads could hold locks)
+    if (len(files) < PARALLEL_MIN_FILES or workers < 2 or threading.active_count() > 1
+            or "fork" not in mp.get_all_start_methods()):
+        for f in files:
+            yield f, compiler.compile_file(str(f), raw[f])
+            if progress is not None:
+                progress()
+        return
+    global _WORKER_COMPILER
+    _WORKER_COMPILER = compiler  # inherited by the forked workers
+    chunks = [files[i::workers] for i in range(workers)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        for chunk_results in pool.imap_unordered(_compile_chunk, [[(str(f), raw[f]) for f in c] for c in chunks]):
+            for path, result in chunk_results:
+                yield Path(path), result
+                if progress is not None:
+                    progress()
+    _WORKER_COMPILER = None
+
+
+_WORKER_COMPILER: "_FileCompiler | None" = None
+
+
+def _compile_chunk(items: list[tuple[str, bytes]]) -> list[tuple[str, FileResult]]:
+    assert _WORKER_COMPILER is not None
+    return [(path, _WORKER_COMPILER.compile_file(path, data)) for path, data in items]
 
 
 def load_rule_text(text: str, *, placeholders: Placeholders | None = None,
