@@ -71,8 +71,11 @@ def _collect_text(v: Any, out: list[str]) -> None:
 
 class Engine:
     def __init__(self, rules: Sequence[Rule], on_error: Callable[[EngineError], None] | None = None,
-                 cache_dir: str | Path | None = None, use_cache: bool = True):
+                 cache_dir: str | Path | None = None, use_cache: bool = True,
+                 enrich: Callable[[dict], None] | None = None):
+        """`enrich`, if given, adds derived fields to each event (in place) before matching."""
         self.errors: list[EngineError] = []
+        self._enrich = enrich
         self._on_error = on_error
         self.rules: list[CompiledRule] = []
         routes, rule_needles = [], []
@@ -106,6 +109,8 @@ class Engine:
 
     def match(self, event: dict) -> list[CompiledRule]:
         """The rules that match this (normalised) event, in load order."""
+        if self._enrich is not None:
+            self._enrich(event)
         key = (event.get("Channel"), event.get("EventID"))
         try:
             bucket = self._buckets[key]
@@ -127,6 +132,8 @@ class Engine:
 
     def match_all(self, event: dict) -> list[CompiledRule]:
         """Brute force: every rule, no routing, no prefilter (reference for tests)."""
+        if self._enrich is not None:
+            self._enrich(event)
         low, _ = lower_event(event)
         return self._run(self.rules, event, low)
 
