@@ -5,12 +5,13 @@ Prints, in one run (medians over --runs):
   parse-only events/s   EVTX -> evtx JSON -> orjson -> normalised event, no rules
   load/compile seconds  the SigmaHQ Windows set, cold (no cache) and warm (cache)
   hunt events/s         read + normalise + match + alert documents, one core,
-                        first pass (buckets built lazily) and steady state
+                        first pass (buckets built lazily) and steady state;
+                        with stream.enrich applied unless --no-enrich
   ratio                 hunt / parse-only (product goal: >= 1/3)
   peak RSS
 Run alone: throughput on this 2-core machine halves when another job runs beside it.
 
-    python bench/hunt.py [--runs 5] [--corpus ../shared/corpora]
+    python bench/hunt.py [--runs 5] [--corpus ../shared/corpora] [--no-enrich]
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpora"))
+    ap.add_argument("--enrich", action=argparse.BooleanOptionalAction, default=True,
+                    help="apply stream.enrich.enrich before matching, as `sigstream hunt` does (default: on)")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     samples = corpus / "evtx-attack-samples"
@@ -79,7 +82,8 @@ def main() -> None:
         warm_runs = [timed(lambda: load_rules(rule_dirs, selection=windows, cache_dir=cache))
                      for _ in range(3)]
     warm = statistics.median(t for t, _ in warm_runs)
-    compile_s, engine = timed(lambda: Engine(loaded.rules))
+    from stream.enrich import enrich
+    compile_s, engine = timed(lambda: Engine(loaded.rules, enrich=enrich if args.enrich else None))
 
     first_s, (n, hits) = timed(lambda: hunt(engine, files))
     gc.collect()
@@ -92,6 +96,7 @@ def main() -> None:
           f"({len(loaded.errors)} rejected, {loaded.skipped} non-Windows skipped)")
     print(f"load cold / warm       {cold:.2f} s / {warm:.2f} s   (+ engine build {compile_s:.2f} s)")
     print(f"parse-only             {parse_rate:,.0f} events/s")
+    print(f"enrichment             {'on' if args.enrich else 'off'}")
     print(f"hunt first pass        {n / first_s:,.0f} events/s   ({hits:,} detections)")
     print(f"hunt steady state      {steady_rate:,.0f} events/s")
     print(f"ratio hunt/parse       {steady_rate / parse_rate:.2f}   (goal >= 0.33)")

@@ -120,8 +120,13 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
               help="Write undecodable records (file, position, reason) to this JSONL file.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: on for several files on a terminal).")
+@click.option("--no-enrich", is_flag=True,
+              help="Do not add the derived sigstream_* fields (decoded commands, script/registry indicators).")
+@click.option("--ioc", "ioc_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Known-bad hash list (text: one MD5/SHA1/SHA256/imphash:... per line; CSV: "
+                   "hash,label[,level]); matched against Sysmon Hashes. Repeatable.")
 def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_path: str | None,
-         progress: bool | None, **opts: Any) -> None:
+         progress: bool | None, no_enrich: bool, ioc_paths: tuple[str, ...], **opts: Any) -> None:
     """Run Sigma rules over event files (.evtx, JSON lines, JSON arrays, .gz, directories).
 
     \b
@@ -142,7 +147,18 @@ def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_pat
         raise click.UsageError(str(e))
     t0 = time.perf_counter()
     loaded = _load(opts)
-    engine = Engine(loaded.rules)
+    rules = list(loaded.rules)
+    if ioc_paths:
+        from stream.ioc import load_ioc_files
+        iocs = load_ioc_files(ioc_paths)
+        for p in iocs.problems:
+            err_console.print(f"[yellow]ioc list[/yellow] {p}", soft_wrap=True)
+        rules.extend(iocs.rules)
+    if no_enrich:
+        enrich = None
+    else:
+        from stream.enrich import enrich
+    engine = Engine(rules, enrich=enrich)
     load_seconds = time.perf_counter() - t0
 
     out_stream = open(output, "wb") if output else sys.stdout.buffer
@@ -189,7 +205,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_pat
                           soft_wrap=True)
     rate = events / seconds if seconds > 0 else 0.0
     err_console.print(
-        f"{events:,} events read from {len(files):,} file(s), {len(loaded.rules):,} rules loaded "
+        f"{events:,} events read from {len(files):,} file(s), {len(rules):,} rules loaded "
         f"({len(loaded.errors)} rejected, {load_seconds:.2f}s), {detections:,} detections, "
         f"{read_errors:,} unreadable records, {seconds:.2f}s, {rate:,.0f} events/s", highlight=False)
 
@@ -259,9 +275,10 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
           event: {EventID: 1, Channel: Microsoft-Windows-Sysmon/Operational, ...}
     """
     from connectors.normalize import normalize
+    from stream.enrich import enrich
     from stream.ruletests import run_tests
 
-    report = run_tests(rule_paths, prepare=normalize)
+    report = run_tests(rule_paths, prepare=normalize, enrich=enrich)
     for e in report.errors:
         click.echo(click.style("ERROR ", fg="red") + e)
     for r in report.results:
@@ -278,7 +295,7 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
 
 
 # The pipeline commands live in their own modules and attach themselves to `main`.
-for _module in ("sigstream.cmd_collect", "sigstream.cmd_run"):
+for _module in ("sigstream.cmd_collect", "sigstream.cmd_run", "sigstream.cmd_agent", "sigstream.cmd_respond"):
     try:
         importlib.import_module(_module)
     except ModuleNotFoundError as _e:

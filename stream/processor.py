@@ -35,7 +35,9 @@ the reader gives the same effective result with less machinery and no
 per-batch transaction round trips.
 
 A flush that raises propagates out of `run()` without committing: the batch is
-re-delivered after the restart. One bad record never stops the loop: envelope
+re-delivered after the restart. A commit that raises (the group rebalanced and
+the partitions moved) is logged and counted, and the loop goes on: the output
+is already durable, so the only effect is a re-delivery (same alert_ids). One bad record never stops the loop: envelope
 errors and any unexpected exception while handling a record dead-letter that
 record (with the reason) and processing continues.
 
@@ -87,6 +89,26 @@ class DeadLetterSink(Protocol):
     def close(self) -> None: ...
 
 
+# Dead letters keep at most this much of the original value: a dead-letter topic has the
+# broker's default 1 MiB record limit, and a dead letter the sink cannot deliver would fail
+# the batch again on every restart (a poison pill). The reason says when it was cut.
+DEAD_LETTER_MAX_VALUE = 512 * 1024
+
+
+class _CutMessage:
+    """A message's coordinates with its value truncated (for the dead-letter sink)."""
+    __slots__ = ("value", "key", "topic", "partition", "offset", "timestamp_ms", "headers")
+
+    def __init__(self, msg: Any, value: bytes):
+        self.value = value
+        self.key = getattr(msg, "key", None)
+        self.topic = msg.topic
+        self.partition = msg.partition
+        self.offset = msg.offset
+        self.timestamp_ms = getattr(msg, "timestamp_ms", None)
+        self.headers = list(getattr(msg, "headers", None) or [])
+
+
 def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -101,6 +123,7 @@ class Metrics:
     errors: int = 0            # unexpected exceptions per record (also dead-lettered)
     batches: int = 0
     commits: int = 0
+    commit_failures: int = 0
     reloads: int = 0
     reloads_rejected: int = 0
     rules: int = 0
@@ -117,6 +140,7 @@ class Metrics:
         return {
             "events": self.events, "alerts": self.alerts, "dead_letters": self.dead_letters,
             "errors": self.errors, "batches": self.batches, "commits": self.commits,
+            "commit_failures": self.commit_failures,
             "reloads": self.reloads, "reloads_rejected": self.reloads_rejected, "rules": self.rules,
             "lag": self.lag, "events_per_s": round(recent, 1),
             "events_per_s_total": round(self.events / elapsed, 1),
@@ -134,14 +158,21 @@ class Processor:
                  rule_loader: Callable[[], Sequence[Rule]] | None = None,
                  watch: Callable[[], bool] | None = None, watch_interval_s: float = 2.0,
                  idle_exit: Callable[[], bool] | None = None,
-                 log_interval_s: float = 30.0):
+                 log_interval_s: float = 30.0,
+                 dead_letter_max_value: int = DEAD_LETTER_MAX_VALUE,
+                 engine_factory: Callable[[Sequence[Rule]], Engine] | None = None):
         """
         clock:        wall clock (epoch seconds) for `detected_at` and the idle timer.
-        until_idle_s: return from run() after no new record for this long.
+        until_idle_s: return from run() after no new record for this long, counted while the
+                      source owns partitions (a source with `assignment()` that returns
+                      nothing is still joining its group: a restarted member waits out
+                      the crashed member's session first).
         rule_loader:  called on `request_reload()` (SIGHUP) to get the new rule set.
         watch:        called every watch_interval_s between batches; True -> reload.
         idle_exit:    called when a poll returns nothing; True -> return (embedded
                       mode: "the collector has finished and everything is consumed").
+        engine_factory: builds the engine of a reloaded rule set (default: an Engine with
+                      the same enrichment as the current one).
         """
         self.source = source
         self.engine = engine
@@ -158,6 +189,9 @@ class Processor:
         self.watch_interval_s = watch_interval_s
         self.idle_exit = idle_exit
         self.log_interval_s = log_interval_s
+        self.dead_letter_max_value = dead_letter_max_value
+        self.engine_factory = engine_factory or (
+            lambda rules: Engine(rules, enrich=getattr(self.engine, "_enrich", None)))
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._lock = threading.Lock()
@@ -187,7 +221,7 @@ class Processor:
         try:
             if not rules:
                 raise ValueError("the new rule set is empty")
-            engine = Engine(rules)
+            engine = self.engine_factory(rules)
             if not engine.rules:
                 raise ValueError(f"none of the {len(rules)} new rule(s) compiled"
                                  + (f" (first error: {engine.errors[0].reason})" if engine.errors else ""))
@@ -265,15 +299,30 @@ class Processor:
             if not batch:
                 if self.idle_exit is not None and self.idle_exit():
                     break
-                if self.until_idle_s is not None and self.clock() - last_record >= self.until_idle_s:
-                    log.info("no new records for %.1fs; stopping", self.until_idle_s)
-                    break
+                if self.until_idle_s is not None:
+                    if not self._has_assignment():
+                        # still joining the group (e.g. waiting out a crashed member's session):
+                        # that is not "idle", the records are just not ours yet
+                        last_record = self.clock()
+                    elif self.clock() - last_record >= self.until_idle_s:
+                        log.info("no new records for %.1fs; stopping", self.until_idle_s)
+                        break
                 continue
             self.process_batch(batch)
             self._commit()
             last_record = self.clock()
         self.log_metrics()
         return self.metrics
+
+    def _has_assignment(self) -> bool:
+        """Does the source own partitions now? (Sources without `assignment()`: always.)"""
+        assignment = getattr(self.source, "assignment", None)
+        if not callable(assignment):
+            return True
+        try:
+            return bool(assignment())
+        except Exception:  # best effort
+            return True
 
     def process_batch(self, batch: Sequence[Any]) -> None:
         m = self.metrics
@@ -306,6 +355,10 @@ class Processor:
 
     def _dead_letter(self, msg: Any, reason: str) -> None:
         self.metrics.dead_letters += 1
+        value = getattr(msg, "value", None)
+        if value is not None and len(value) > self.dead_letter_max_value:
+            reason = f"{reason} [value truncated to {self.dead_letter_max_value} of {len(value)} bytes]"
+            msg = _CutMessage(msg, value[:self.dead_letter_max_value])
         log.debug("dead letter %s/%s@%s: %s", getattr(msg, "topic", "?"),
                   getattr(msg, "partition", "?"), getattr(msg, "offset", "?"), reason)
         self.dead_letters.add(msg, reason)
@@ -314,5 +367,14 @@ class Processor:
         # THE commit order (the only place offsets are committed): output first, then input.
         self.alert_sink.flush()      # 1. alerts acked
         self.dead_letters.flush()    # 2. dead letters acked
-        self.source.commit()         # 3. only now may the group move past these records
+        try:
+            self.source.commit()     # 3. only now may the group move past these records
+        except Exception as e:
+            # The output is durable; a failed commit (typically: the group rebalanced and
+            # these partitions belong to another member now) only means the records are
+            # delivered again -> duplicates with the same alert_id, never a loss. Keep going.
+            self.metrics.commit_failures += 1
+            log.warning("offset commit failed, the batch will be re-delivered: %s", e,
+                        extra={"fields": {"event": "commit_failed", "reason": str(e)}})
+            return
         self.metrics.commits += 1

@@ -81,11 +81,12 @@ def discover(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, Path]], list
 
 
 def run_tests(paths: Iterable[str | Path], prepare: Callable[[dict], dict] = lambda e: e,
-              use_cache: bool = True) -> RuleTestReport:
+              use_cache: bool = True, enrich: Callable[[dict], None] | None = None) -> RuleTestReport:
     """Run every test file found for the rules under `paths`.
 
     `prepare` turns a case's event into a normalised event (the CLI passes the
-    connectors' normaliser so cases may also be written as raw EVTX JSON).
+    connectors' normaliser so cases may also be written as raw EVTX JSON); `enrich`
+    is passed to the engine (the CLI passes stream.enrich.enrich, as `hunt` does).
     """
     pairs, untested = discover(paths)
     results: list[CaseResult] = []
@@ -107,7 +108,7 @@ def run_tests(paths: Iterable[str | Path], prepare: Callable[[dict], dict] = lam
             reasons = "; ".join(e.reason for e in loaded.errors) or "no rule in file"
             errors.append(f"{rule_file}: rule does not load: {reasons}")
             continue
-        engine = Engine(loaded.rules)
+        engine = Engine(loaded.rules, enrich=enrich)
         cases = spec.get("cases") or []
         if not cases:
             errors.append(f"{test_file}: no cases")

@@ -61,8 +61,10 @@ def test_hunt_project_rules_over_samples_jsonl():
     assert "detections" in result.stderr
 
     # every alert's rule really matches its event (brute force, no routing/prefilter) and nothing is missed
+    from stream.enrich import enrich  # hunt enriches by default (--no-enrich turns it off)
+
     loaded = load_rules([RULES], use_cache=False)
-    engine = Engine(loaded.rules)
+    engine = Engine(loaded.rules, enrich=enrich)
     expected = []
     for ev, src in read_events(sorted(SAMPLES.glob("*.jsonl"))):
         for hit in engine.match_all(ev):

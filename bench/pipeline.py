@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Pipeline benchmark on a real Kafka broker (started here with deploy/kafka/broker.sh).
+
+1. throughput: events/s of ONE processor process (stream.processor.Processor with the Kafka
+   source and sinks, in this process) with the full SigmaHQ Windows rule set
+   (rules/windows + rules-emerging-threats + rules-threat-hunting, product windows) over the
+   evtx-attack-samples events, pre-loaded into a topic (replicated --copies times). The clock
+   runs from the first non-empty poll to the last commit (the idle tail is excluded). The
+   engine alone on the same events (no Kafka) is printed for comparison.
+2. latency: a `sigstream run` subprocess with one simple rule; this process offers --rate
+   matching events/s for --seconds; latency per alert = alert detected_at (resp. the alert
+   record's produce timestamp, resp. the moment a consumer here receives it) minus the
+   moment the event was handed to the producer. p50/p90/p99/max.
+
+    python bench/pipeline.py [--copies 6] [--rate 5000] [--seconds 20] [--corpus ../shared/corpora]
+
+Run alone: the broker, the processor and the load generator share this machine's cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+from connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaEventPublisher,  # noqa: E402
+                              KafkaSettings, KafkaSource, all_topics, create_topics, event_topic_pattern)
+from connectors.readers import read_events  # noqa: E402
+from stream.engine import Engine  # noqa: E402
+from stream.processor import Processor  # noqa: E402
+from stream.rules import RuleSelection, load_rules  # noqa: E402
+
+BROKER_SH = ROOT / "deploy" / "kafka" / "broker.sh"
+SIGMA_DIRS = ("rules/windows", "rules-emerging-threats", "rules-threat-hunting")
+SYSMON = "Microsoft-Windows-Sysmon/Operational"
+LAT_RULE = textwrap.dedent("""
+    title: Encoded PowerShell (latency bench)
+    id: 9b0e4c61-3f55-4b8e-a1a2-7c9d0e6f1b23
+    status: test
+    level: high
+    logsource: {product: windows, category: process_creation}
+    detection:
+      sel: {CommandLine|contains: '-enc'}
+      condition: sel
+""")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Broker:
+    def __init__(self) -> None:
+        port, cport = free_ports(2)
+        self.dir = tempfile.mkdtemp(prefix="sigstream-bench-kafka-")
+        self.env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(cport),
+                        KAFKA_DATA_DIR=self.dir, KAFKA_PROBE_PYTHON=sys.executable)
+        self.bootstrap = f"127.0.0.1:{port}"
+
+    def __enter__(self) -> "Broker":
+        r = subprocess.run(["bash", str(BROKER_SH), "start"], env=self.env, capture_output=True, text=True,
+                           timeout=900)
+        if r.returncode != 0:
+            sys.exit(f"broker.sh start failed:\n{r.stdout}\n{r.stderr}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["bash", str(BROKER_SH), "stop"], env=self.env, capture_output=True, timeout=120)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def fmt_ms(xs: list[float]) -> str:
+    if not xs:
+        return "n/a"
+    return (f"p50 {pct(xs, 50) * 1000:7.1f} ms  p90 {pct(xs, 90) * 1000:7.1f} ms  "
+            f"p99 {pct(xs, 99) * 1000:7.1f} ms  max {max(xs) * 1000:7.1f} ms  (n={len(xs):,})")
+
+
+def iso_ts(s: str) -> float:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+# ----------------------------------------------------------------- throughput ---
+
+def throughput(bootstrap: str, corpus: Path, copies: int, batch_size: int) -> None:
+    settings = KafkaSettings(bootstrap=bootstrap)
+    t = time.perf_counter()
+    loaded = load_rules([corpus / "sigma" / d for d in SIGMA_DIRS],
+                        selection=RuleSelection(products=frozenset({"windows"})))
+    engine = Engine(loaded.rules)
+    print(f"rules: {len(engine.rules):,} compiled ({len(loaded.errors)} load errors), "
+          f"{time.perf_counter() - t:.1f}s to load")
+    events = [ev for ev, _ in read_events([corpus / "evtx-attack-samples"])]
+    t = time.perf_counter()
+    hits = sum(len(engine.match(ev)) for ev in events)
+    eng_rate = len(events) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    hits = sum(len(engine.match(ev)) for ev in events)
+    eng_rate = max(eng_rate, len(events) / (time.perf_counter() - t))
+    print(f"engine only (no Kafka): {eng_rate:,.0f} events/s over {len(events):,} events, {hits:,} hits")
+
+    prefix = f"bench-tp-{uuid.uuid4().hex[:6]}"
+    create_topics(settings, all_topics(prefix), 3)
+    with tempfile.TemporaryDirectory() as spool:
+        pub = KafkaEventPublisher(settings, collector_id="bench", spool_dir=spool, topic_prefix=prefix)
+        t = time.perf_counter()
+        for c in range(copies):
+            for ev in events:
+                if c:
+                    ev = dict(ev, EventRecordID=f"{ev.get('EventRecordID')}-{c}")
+                pub.publish(ev)
+        assert pub.flush(300), pub.stats
+        pub.close()
+    total = len(events) * copies
+    print(f"pre-loaded {total:,} events into {prefix}.events.* in {time.perf_counter() - t:.1f}s")
+
+    source = KafkaSource(settings, event_topic_pattern(prefix), "bench-tp", from_beginning=True,
+                         max_poll_records=batch_size)
+    alerts = KafkaAlertSink(settings, f"{prefix}.alerts")
+    dlq = KafkaDeadLetterSink(settings, f"{prefix}.dlq")
+    marks: dict[str, float] = {}
+
+    class Timed:
+        def poll(self, n, timeout_s):
+            got = source.poll(n, timeout_s)
+            if got and "first" not in marks:
+                marks["first"] = time.perf_counter()
+            return got
+
+        def commit(self):
+            source.commit()
+            marks["last"] = time.perf_counter()
+
+        def assignment(self):
+            return source.assignment()
+
+        def close(self):
+            source.close()
+
+    p = Processor(Timed(), engine, alerts, dlq, batch_size=batch_size, poll_timeout_s=0.5, until_idle_s=3)
+    m = p.run()
+    alerts.close(), dlq.close(), source.close()
+    secs = marks["last"] - marks["first"]
+    print(f"processor (Kafka in+out, 1 process, batch {batch_size}): {m.events / secs:,.0f} events/s "
+          f"({m.events:,} events, {m.alerts:,} alerts, {m.batches} batches, {secs:.1f}s); "
+          f"{m.events / secs / eng_rate:.0%} of the engine-only rate")
+
+
+# -------------------------------------------------------------------- latency ---
+
+def latency(bootstrap: str, rate: int, seconds: float, match_every: int = 1) -> None:
+    settings = KafkaSettings(bootstrap=bootstrap)
+    prefix = f"bench-lat-{uuid.uuid4().hex[:6]}"
+    create_topics(settings, all_topics(prefix), 3)
+    tmp = Path(tempfile.mkdtemp(prefix="sigstream-bench-"))
+    (tmp / "rules").mkdir()
+    (tmp / "rules" / "r.yml").write_text(LAT_RULE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from sigstream.cli import main; main()", "--log-level", "info",
+         "--log-format", "json", "run", "-r", str(tmp / "rules"), "--bootstrap", bootstrap,
+         "--topic-prefix", prefix, "--group", "bench-lat", "--from-latest"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True)
+    assigned = threading.Event()
+
+    def watch_log():
+        for line in proc.stderr:
+            if "partitions assigned" in line:
+                assigned.set()
+    threading.Thread(target=watch_log, daemon=True).start()
+
+    received: dict[int, float] = {}
+    detected: dict[int, float] = {}
+    produced: dict[int, float] = {}
+    stop = threading.Event()
+    reader_ready = threading.Event()
+
+    def read_alerts():
+        src = KafkaSource(settings, [f"{prefix}.alerts"], f"bench-lat-reader-{uuid.uuid4().hex[:6]}",
+                          from_beginning=True)
+        while not stop.is_set():
+            got = src.poll(1000, 0.2)
+            if src.assignment():
+                reader_ready.set()
+            now = time.time()
+            for m in got:
+                a = orjson.loads(m.value)
+                seq = int(a["event"]["EventRecordID"])
+                received.setdefault(seq, now)
+                detected.setdefault(seq, iso_ts(a["detected_at"]))
+                if m.timestamp_ms:
+                    produced.setdefault(seq, m.timestamp_ms / 1000)
+        src.close()
+    reader = threading.Thread(target=read_alerts, daemon=True)
+    reader.start()
+    if not assigned.wait(90) or not reader_ready.wait(60):
+        proc.kill()
+        sys.exit("latency: the processor or the alert reader did not join its group")
+    time.sleep(2)
+
+    sent: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as spool:
+        pub = KafkaEventPublisher(settings, collector_id="bench", spool_dir=spool, topic_prefix=prefix,
+                                  linger_ms=1)
+        tick = 0.01
+        per_tick = rate * tick
+        t0 = time.time()
+        seq = 0
+        budget = 0.0
+        while True:
+            now = time.time()
+            if now - t0 >= seconds:
+                break
+            budget = (now - t0) * rate - seq
+            for _ in range(int(budget)):
+                seq += 1
+                ev = {"EventID": 1, "Channel": SYSMON, "Computer": f"WKS-{seq % 50:03d}",
+                      "EventRecordID": seq, "TimeCreated": "2026-11-25T10:00:00.000000Z",
+                      "Image": r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe",
+                      "CommandLine": (f"powershell.exe -nop -w hidden -enc SQBFAFgA{seq}"
+                                      if seq % match_every == 0 else f"cmd.exe /c echo {seq}")}
+                if seq % match_every == 0:
+                    sent[seq] = time.time()
+                pub.publish(ev)
+            nxt = t0 + (seq + per_tick) / rate
+            time.sleep(max(0.0, min(tick, nxt - time.time())))
+        offered = seq / (time.time() - t0)
+        pub.flush(60)
+        pub.close()
+    deadline = time.time() + 60
+    while len(received) < len(sent) and time.time() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    reader.join(5)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    print(f"offered {offered:,.0f} events/s for {seconds:.0f}s ({seq:,} events, {len(sent):,} matching "
+          f"= 1 in {match_every}); "
+          f"{len(received):,} alerts received")
+    for name, ts in (("detected_at - send", detected), ("alert produced - send", produced),
+                     ("alert received - send", received)):
+        print(f"  {name:<22} {fmt_ms([ts[s] - sent[s] for s in ts if s in sent])}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora")
+    ap.add_argument("--copies", type=int, default=6, help="times the EVTX corpus is loaded (throughput)")
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--latency", action="append", metavar="RATE[:MATCH_EVERY]",
+                    help="latency scenario: offered events/s, 1 in MATCH_EVERY events matching "
+                         "(repeatable; default: 5000:1 5000:20 1000:1)")
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    args = ap.parse_args()
+    import logging
+    logging.basicConfig(level=logging.ERROR)
+
+    def go(bootstrap: str) -> None:
+        print(f"broker {bootstrap}, {os.cpu_count()} CPU(s)")
+        if not args.skip_throughput:
+            throughput(bootstrap, args.corpus, args.copies, args.batch_size)
+        if not args.skip_latency:
+            for spec in args.latency or ["5000:1", "5000:20", "1000:1"]:
+                rate, _, every = spec.partition(":")
+                latency(bootstrap, int(rate), args.seconds, int(every or 1))
+
+    if args.bootstrap:
+        go(args.bootstrap)
+    else:
+        with Broker() as b:
+            go(b.bootstrap)
+
+
+if __name__ == "__main__":
+    main()

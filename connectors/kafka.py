@@ -1,0 +1,762 @@
+"""Kafka connectors: the only module of sigstream that imports kafka-python.
+
+Two layers:
+
+1. client wrappers: :class:`KafkaSettings` (connection/security config),
+   :func:`create_topics`, topic names;
+2. semantics: :class:`KafkaSource` (consumer group -> :class:`Message`),
+   :class:`KafkaRecordProducer` / :class:`KafkaAlertSink` /
+   :class:`KafkaDeadLetterSink` (acknowledged writes), and
+   :class:`KafkaEventPublisher` (collector side, never loses events).
+
+Delivery guarantees
+-------------------
+**Publisher (collect / agent)** -- at-least-once, no silent loss:
+
+* Producer: ``acks=all``, ``enable_idempotence=True``, unlimited retries and a
+  long ``delivery_timeout_ms``: a batch in flight when the broker goes away is
+  retried with the same producer id/sequence when it comes back, so the broker
+  drops retried duplicates (no broker-side duplicates, order kept per
+  partition).
+* Memory is bounded: at most ``memory_limit`` unacknowledged records are held by
+  the producer. When it is full (broker slow or unreachable), when the broker
+  cannot be reached at all (no metadata, cannot bootstrap) or when a send
+  fails, records go to the disk spool (:mod:`connectors.spool`) instead.
+  ``publish`` blocks at most ``max_block_s`` (back-pressure from a healthy but
+  slower broker); in an outage it does not block (records go straight to disk).
+* Order: while the spool holds unsent records every new record is appended to
+  the spool too, and the spool is drained in order through the same producer
+  before anything newer is sent, so each host's events (key = host) reach their
+  partition in publication order.
+* Spool segments are deleted only after every record read from them was
+  acknowledged by the broker.
+* On ``close`` with records still unacknowledged (broker down at exit), those
+  records are written to the FRONT of the spool in their send order and the
+  already-sent part of the spool is compacted away, so the next run with the
+  same spool directory resends them first, in order.
+* The spool has a size cap: when it is hit the event is dropped, counted in
+  ``stats["dropped"]`` and ``logging.error`` says so once per episode (never
+  silent). Records the broker rejects for good (non-retriable errors such as
+  a record too large) are dropped, counted and logged the same way.
+* Duplicates remain possible in rare cases (a batch the broker stored but whose
+  acknowledgement was lost when the process exited or the delivery timeout
+  expired, a crash between acknowledgement and spool clean-up, re-reading the
+  same files): envelopes carry a stable ``event_id`` for consumer-side
+  de-duplication. A hard crash (SIGKILL) loses the at most ``memory_limit``
+  records held only in memory; re-running ``collect`` on the same files
+  recovers them (stable event ids).
+
+**Source (stream processor)** -- at-least-once: offsets are committed only by
+an explicit :meth:`KafkaSource.commit`, which synchronously commits the
+position after everything ``poll`` has returned. Records returned but not
+committed before a rebalance, a crash or ``close`` are delivered again (to this
+or another group member): there is no commit on revoke.
+
+**Alert / dead-letter producers** -- ``flush`` blocks until every record sent
+so far is acknowledged (``acks=all``, idempotent) or raises
+:class:`DeliveryError` listing the failures.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import errors as kerrors
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from connectors.spool import Spool, SpoolRecord
+from stream.envelope import encode, host_key, source_of, wrap
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+TOPIC_PREFIX = "sigstream"
+SOURCES = ("sysmon", "powershell", "security", "system", "wmi", "defender", "other")
+
+
+def event_topic(source: str, prefix: str = TOPIC_PREFIX) -> str:
+    return f"{prefix}.events.{source}"
+
+
+def alerts_topic(prefix: str = TOPIC_PREFIX) -> str:
+    return f"{prefix}.alerts"
+
+
+def dlq_topic(prefix: str = TOPIC_PREFIX) -> str:
+    return f"{prefix}.dlq"
+
+
+def actions_topic(prefix: str = TOPIC_PREFIX) -> str:
+    return f"{prefix}.actions"
+
+
+def action_results_topic(prefix: str = TOPIC_PREFIX) -> str:
+    return f"{prefix}.action-results"
+
+
+def event_topic_pattern(prefix: str = TOPIC_PREFIX) -> str:
+    return "^" + re.escape(prefix) + r"\.events\..*"
+
+
+ALERTS_TOPIC = alerts_topic()
+DLQ_TOPIC = dlq_topic()
+ACTIONS_TOPIC = actions_topic()
+ACTION_RESULTS_TOPIC = action_results_topic()
+EVENT_TOPIC_PATTERN = event_topic_pattern()
+
+
+def all_topics(prefix: str = TOPIC_PREFIX, sources: Iterable[str] = SOURCES) -> list[str]:
+    """Every topic sigstream uses: one per event source, alerts, dlq, actions, action-results."""
+    return [event_topic(s, prefix) for s in sources] + [
+        alerts_topic(prefix), dlq_topic(prefix), actions_topic(prefix), action_results_topic(prefix)]
+
+
+class KafkaError(RuntimeError):
+    """A Kafka problem with a user-facing message."""
+
+
+class DeliveryError(KafkaError):
+    def __init__(self, failures: list[tuple[str, str]]):
+        self.failures = failures     # (topic, reason)
+        shown = "; ".join(f"{t}: {r}" for t, r in failures[:5])
+        more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} record(s) not delivered: {shown}{more}")
+
+
+# --------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------
+
+@dataclass
+class KafkaSettings:
+    bootstrap: str = field(default_factory=lambda: os.environ.get("SIGSTREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP))
+    client_id: str = "sigstream"
+    security_protocol: str = "PLAINTEXT"      # SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None         # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @classmethod
+    def from_env(cls, bootstrap: str | None = None, **overrides: Any) -> "KafkaSettings":
+        """Settings from SIGSTREAM_* environment variables, overridden by arguments."""
+        env = os.environ.get
+        s = cls(
+            bootstrap=bootstrap or env("SIGSTREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+            security_protocol=env("SIGSTREAM_SECURITY_PROTOCOL", "PLAINTEXT"),
+            sasl_mechanism=env("SIGSTREAM_SASL_MECHANISM"),
+            sasl_username=env("SIGSTREAM_SASL_USERNAME"),
+            sasl_password=env("SIGSTREAM_SASL_PASSWORD"),
+            ssl_cafile=env("SIGSTREAM_SSL_CAFILE"),
+            ssl_certfile=env("SIGSTREAM_SSL_CERTFILE"),
+            ssl_keyfile=env("SIGSTREAM_SSL_KEYFILE"),
+        )
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s
+
+    def client_kwargs(self) -> dict[str, Any]:
+        proto = self.security_protocol.upper()
+        if proto not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise KafkaError(f"unknown security protocol {self.security_protocol!r}")
+        kw: dict[str, Any] = {"bootstrap_servers": [b.strip() for b in self.bootstrap.split(",") if b.strip()],
+                              "client_id": self.client_id, "security_protocol": proto}
+        if proto.startswith("SASL"):
+            if not self.sasl_mechanism:
+                raise KafkaError(f"{proto} needs a SASL mechanism (e.g. PLAIN, SCRAM-SHA-512)")
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                kw["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                kw["sasl_plain_password"] = self.sasl_password
+        if proto in ("SSL", "SASL_SSL"):
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name):
+                    kw[name] = getattr(self, name)
+        return kw
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# errors about the record itself: resending it cannot help
+_RECORD_ERRORS = (kerrors.MessageSizeTooLargeError, kerrors.RecordListTooLargeError,
+                  kerrors.InvalidRecordError, kerrors.CorruptRecordError, kerrors.InvalidTopicError,
+                  kerrors.InvalidTimestampError, kerrors.UnsupportedForMessageFormatError)
+
+
+def _permanent(exc: BaseException | None) -> bool:
+    """Will this record never be accepted? Everything else (connection, leadership, producer
+    state, authorisation that an operator may fix, ...) is worth keeping and retrying."""
+    return isinstance(exc, _RECORD_ERRORS)
+
+
+def _close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close a producer within ``timeout_s``. kafka-python's close() raises on a flush timeout
+    without stopping its I/O thread (which would then deliver the records later, behind our
+    back), so on timeout the I/O thread is force-closed: unsent batches fail."""
+    try:
+        producer.close(timeout=timeout_s)
+        return
+    except Exception as e:  # noqa: BLE001 - KafkaTimeoutError from the flush
+        log.debug("producer close: %s; forcing", _describe(e))
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(10)
+    try:
+        producer.close(timeout=0)
+    except Exception as e:  # noqa: BLE001
+        log.warning("producer close: %s", _describe(e))
+
+
+def best_compression() -> str:
+    """gzip is always available in kafka-python; prefer zstd / lz4 when their libs are installed."""
+    try:
+        import zstandard  # noqa: F401
+        return "zstd"
+    except ImportError:
+        pass
+    try:
+        import lz4  # noqa: F401
+        return "lz4"
+    except ImportError:
+        return "gzip"
+
+
+# --------------------------------------------------------------------------
+# topics
+# --------------------------------------------------------------------------
+
+def create_topics(settings: KafkaSettings, names: list[str], partitions: int = 3,
+                  retention_ms: int | None = None, replication_factor: int = -1,
+                  timeout_s: float = 30) -> list[str]:
+    """Create ``names`` (existing topics are fine); returns the ones created now.
+
+    ``replication_factor=-1`` uses the broker's ``default.replication.factor``.
+    """
+    try:
+        admin = KafkaAdminClient(**settings.client_kwargs(), request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except Exception as e:  # noqa: BLE001
+        raise KafkaError(f"cannot reach Kafka at {settings.bootstrap}: {_describe(e)}") from e
+    try:
+        configs = {"retention.ms": str(retention_ms)} if retention_ms else {}
+        spec = {n: {"num_partitions": partitions, "replication_factor": replication_factor,
+                    "configs": configs} for n in names}
+        result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
+        created, problems = [], []
+        for t in result.get("topics", []):
+            code = t.get("error_code", 0)
+            name = t.get("name")
+            if code == 0:
+                created.append(name)
+            elif code != kerrors.TopicAlreadyExistsError.errno:
+                problems.append(f"{name}: {kerrors.for_code(code).__name__} {t.get('error_message') or ''}".strip())
+        if problems:
+            raise KafkaError("could not create topic(s): " + "; ".join(problems))
+        if created:
+            admin.wait_for_topics(created, timeout_ms=int(timeout_s * 1000))
+        return created
+    finally:
+        admin.close()
+
+
+# --------------------------------------------------------------------------
+# consumer side
+# --------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Message:
+    """One consumed record, free of kafka-python types."""
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    headers: list[tuple[str, bytes]]
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, owner: "KafkaSource"):
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked):
+        # no commit here: records poll() returned but the processor has not committed are
+        # redelivered to the next owner (at-least-once)
+        if revoked:
+            log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+        self.owner.rebalances += 1
+
+    def on_partitions_assigned(self, assigned):
+        if assigned:
+            log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class KafkaSource:
+    """Consumer-group source. ``topics``: a list of names, or a regex string (default: every
+    event topic, ``^sigstream\\.events\\..*``). New topics matching a pattern are picked up
+    within ``metadata_max_age_s``."""
+
+    def __init__(self, settings: KafkaSettings, topics: list[str] | str | None = None,
+                 group_id: str = "sigstream-processor", from_beginning: bool = True,
+                 max_poll_records: int = 500, *, session_timeout_s: float = 45,
+                 max_poll_interval_s: float = 300, metadata_max_age_s: float = 30):
+        self.rebalances = 0
+        self._consumer = KafkaConsumer(
+            **settings.client_kwargs(), group_id=group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            max_poll_records=max_poll_records, session_timeout_ms=int(session_timeout_s * 1000),
+            max_poll_interval_ms=int(max_poll_interval_s * 1000),
+            metadata_max_age_ms=int(metadata_max_age_s * 1000))
+        listener = _Rebalance(self)
+        if topics is None:
+            topics = EVENT_TOPIC_PATTERN
+        if isinstance(topics, str):
+            self._consumer.subscribe(pattern=topics, listener=listener)
+        else:
+            self._consumer.subscribe(topics=list(topics), listener=listener)
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Message]:
+        """Up to ``max_records`` records (each partition's records in offset order;
+        partitions interleave arbitrarily); [] after ``timeout_s`` without data."""
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out: list[Message] = []
+        for tp, records in batches.items():
+            for r in records:
+                ts = r.timestamp if r.timestamp is not None and r.timestamp >= 0 else None
+                out.append(Message(r.value, r.key, tp.topic, tp.partition, r.offset, ts,
+                                   list(r.headers or [])))
+        return out
+
+    def commit(self) -> None:
+        """Synchronously commit, for every assigned partition, the position after the last
+        record poll() returned. Raises KafkaError if the commit failed (e.g. the group
+        rebalanced meanwhile: those records will be redelivered)."""
+        try:
+            self._consumer.commit()
+        except Exception as e:  # noqa: BLE001
+            raise KafkaError(f"offset commit failed: {_describe(e)}") from e
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def close(self) -> None:
+        """Leave the group without committing (commit() first if wanted)."""
+        self._consumer.close(autocommit=False)
+
+
+# --------------------------------------------------------------------------
+# producer side: alerts and dead letters
+# --------------------------------------------------------------------------
+
+def _producer_kwargs(settings: KafkaSettings, acks: Any, idempotent: bool, compression: str | None,
+                     linger_ms: int, **extra: Any) -> dict[str, Any]:
+    kw = dict(settings.client_kwargs(), acks=acks, enable_idempotence=idempotent,
+              compression_type=None if compression in (None, "none") else compression,
+              linger_ms=linger_ms, retries=2**31 - 1, max_in_flight_requests_per_connection=5,
+              reconnect_backoff_max_ms=2000)
+    kw.update(extra)
+    return kw
+
+
+class KafkaRecordProducer:
+    """Acknowledged writes to one topic (alerts, dead letters)."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, *, acks: Any = "all", idempotent: bool = True,
+                 compression: str | None = "gzip", linger_ms: int = 5, delivery_timeout_s: float = 120):
+        self.topic = topic
+        self._producer = KafkaProducer(**_producer_kwargs(
+            settings, acks, idempotent, compression, linger_ms,
+            delivery_timeout_ms=int(delivery_timeout_s * 1000)))
+        self._lock = threading.Lock()
+        self._failures: list[tuple[str, str]] = []
+        self._outstanding = 0
+        self.sent = self.acked = 0
+
+    def _on_ok(self, _meta: Any) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            self.acked += 1
+
+    def _on_err(self, exc: BaseException) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            self._failures.append((self.topic, _describe(exc)))
+
+    def send(self, value: bytes | None, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> None:
+        if value is None and key is None:
+            value = b""
+        try:
+            fut = self._producer.send(self.topic, value=value, key=key, headers=list(headers or []))
+        except Exception as e:  # noqa: BLE001 - metadata timeout, record too large, ...
+            with self._lock:
+                self._failures.append((self.topic, _describe(e)))
+            return
+        with self._lock:
+            self._outstanding += 1
+            self.sent += 1
+        fut.add_callback(self._on_ok)
+        fut.add_errback(self._on_err)
+
+    def flush(self, timeout_s: float | None = 30) -> None:
+        """Block until every record sent so far is acknowledged; DeliveryError otherwise."""
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except kerrors.KafkaTimeoutError:
+            pass
+        with self._lock:
+            failures, self._failures = self._failures, []
+            outstanding = self._outstanding
+        if outstanding > 0:
+            failures.append((self.topic, f"{outstanding} record(s) not acknowledged within {timeout_s}s"))
+        if failures:
+            raise DeliveryError(failures)
+
+    def close(self, timeout_s: float = 30) -> None:
+        _close_producer(self._producer, timeout_s)
+
+
+class KafkaAlertSink:
+    """AlertSink (connectors.sinks) writing alerts to Kafka: key = host, value = JSON."""
+
+    def __init__(self, settings: KafkaSettings, topic: str = ALERTS_TOPIC, **producer_kw: Any):
+        self.producer = KafkaRecordProducer(settings, topic, **producer_kw)
+
+    def add(self, alert: dict[str, Any]) -> None:
+        host = alert.get("host")
+        key = str(host).encode("utf-8", "surrogatepass") if host else None
+        self.producer.send(orjson.dumps(alert, default=str), key)
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        try:
+            self.producer.flush()
+        finally:
+            self.producer.close()
+
+
+class KafkaDeadLetterSink:
+    """Unusable messages, as they were, to the dead-letter topic with their origin in headers:
+    ``reason``, ``source_topic``, ``source_partition``, ``source_offset`` (UTF-8), after the
+    original headers."""
+
+    def __init__(self, settings: KafkaSettings, topic: str = DLQ_TOPIC, **producer_kw: Any):
+        self.producer = KafkaRecordProducer(settings, topic, **producer_kw)
+
+    def add(self, msg: Message, reason: str) -> None:
+        headers = [(k, v) for k, v in msg.headers if k not in
+                   ("reason", "source_topic", "source_partition", "source_offset")]
+        headers += [("reason", reason.encode("utf-8", "replace")),
+                    ("source_topic", msg.topic.encode()),
+                    ("source_partition", str(msg.partition).encode()),
+                    ("source_offset", str(msg.offset).encode())]
+        self.producer.send(msg.value, msg.key, headers)
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        try:
+            self.producer.flush()
+        finally:
+            self.producer.close()
+
+
+# --------------------------------------------------------------------------
+# the event publisher (collector / agent)
+# --------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _InFlight:
+    rec: SpoolRecord
+    segment: int | None      # spool segment it was read from (None: sent directly)
+
+
+class KafkaEventPublisher:
+    """Publishes normalised events as envelopes; spools to disk when Kafka cannot take them.
+
+    See the module docstring for the guarantees. Not thread-safe (one publishing thread;
+    acknowledgements arrive on the producer's I/O thread).
+    """
+
+    def __init__(self, settings: KafkaSettings, *, collector_id: str, spool_dir: str | os.PathLike,
+                 topic_prefix: str = TOPIC_PREFIX, memory_limit: int = 10_000,
+                 spool_max_bytes: int = 1 << 30, spool_segment_bytes: int = 16 << 20,
+                 spool_fsync: str = "batch", max_block_s: float = 1.0,
+                 metadata_timeout_s: float = 2.0, bootstrap_timeout_s: float = 5.0,
+                 delivery_timeout_s: float = 3600.0, compression: str | None = "auto",
+                 linger_ms: int = 5, batch_size: int = 256 * 1024, retry_backoff_s: float = 0.5,
+                 max_retry_backoff_s: float = 10.0):
+        self.settings = settings
+        self.collector_id = collector_id
+        self.topic_prefix = topic_prefix
+        self.memory_limit = max(1, memory_limit)
+        self.max_block_s = max_block_s
+        self.spool = Spool(spool_dir, max_bytes=spool_max_bytes, segment_bytes=spool_segment_bytes,
+                           fsync=spool_fsync)
+        self._producer_kw = _producer_kwargs(
+            settings, "all", True, best_compression() if compression == "auto" else compression,
+            linger_ms, batch_size=batch_size, max_block_ms=int(metadata_timeout_s * 1000),
+            bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000),
+            delivery_timeout_ms=int(delivery_timeout_s * 1000),
+            request_timeout_ms=30000)
+        self._producer: KafkaProducer | None = None
+        self._retry_backoff = (retry_backoff_s, max_retry_backoff_s)
+        self._backoff = retry_backoff_s
+        self._next_attempt = 0.0
+        self._last_problem: str | None = None
+
+        self._lock = threading.Condition()
+        self._seq = 0
+        self._inflight: OrderedDict[int, _InFlight] = OrderedDict()
+        self._failed: list[tuple[int, _InFlight, BaseException]] = []
+        self._seg_read: dict[int, int] = {}     # spool segment -> records read from it
+        self._seg_done: dict[int, int] = {}     # spool segment -> records acknowledged/settled
+        self._stalled = False
+        self._closed = False
+        self._dropping = False
+        self._counts = dict(published=0, sent=0, acked=0, spooled=0, dropped=0, retries=0,
+                            rejected=0, resent_from_spool=0)
+        if self.spool.unread:
+            log.info("spool %s holds %d record(s) from an earlier run; they are sent first",
+                     self.spool.dir, self.spool.unread)
+
+    # ----------------------------------------------------------- producer --
+    def _ensure_producer(self) -> bool:
+        """Is there a producer to send to (creating it if due)? False while backing off
+        after a failure to connect or to send."""
+        if time.monotonic() < self._next_attempt:
+            return False
+        if self._producer is not None:
+            return True
+        try:
+            self._producer = KafkaProducer(**self._producer_kw)
+            self._backoff = self._retry_backoff[0]
+            if self._last_problem:
+                log.warning("Kafka at %s reachable again", self.settings.bootstrap)
+                self._last_problem = None
+            return True
+        except Exception as e:  # noqa: BLE001 - NoBrokersAvailable, timeouts, auth errors
+            self._trouble(f"cannot connect to Kafka at {self.settings.bootstrap}: {_describe(e)}")
+            return False
+
+    def _trouble(self, problem: str) -> None:
+        if problem != self._last_problem:
+            log.warning("%s; spooling to %s", problem, self.spool.dir)
+            self._last_problem = problem
+        self._next_attempt = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._retry_backoff[1])
+
+    def _on_ack(self, seq: int, _meta: Any) -> None:
+        with self._lock:
+            self._stalled = False
+            if self._closed:
+                return
+            item = self._inflight.pop(seq, None)
+            if item is None:
+                return
+            self._backoff = self._retry_backoff[0]
+            self._counts["acked"] += 1
+            if item.segment is not None:
+                self._seg_done[item.segment] = self._seg_done.get(item.segment, 0) + 1
+            self._lock.notify_all()
+
+    def _on_error(self, seq: int, exc: BaseException) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            item = self._inflight.pop(seq, None)
+            if item is None:
+                return
+            self._failed.append((seq, item, exc))
+            self._lock.notify_all()
+
+    def _send(self, rec: SpoolRecord, segment: int | None) -> bool:
+        """Hand one record to the producer; False if it could not even be queued."""
+        assert self._producer is not None
+        try:
+            fut = self._producer.send(rec.topic, value=rec.value, key=rec.key)
+        except (*_RECORD_ERRORS, TypeError, ValueError) as e:
+            self._reject(rec, segment, e)
+            return True
+        except Exception as e:  # noqa: BLE001 - metadata timeout, closed, ...
+            self._trouble(f"cannot send to {rec.topic}: {_describe(e)}")
+            return False
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            self._inflight[seq] = _InFlight(rec, segment)
+            self._counts["sent"] += 1
+        fut.add_callback(self._on_ack, seq)
+        fut.add_errback(self._on_error, seq)
+        return True
+
+    def _reject(self, rec: SpoolRecord, segment: int | None, exc: BaseException) -> None:
+        self._counts["dropped"] += 1
+        self._counts["rejected"] += 1
+        log.error("Kafka rejected a record for %s for good, DROPPED: %s", rec.topic, _describe(exc))
+        if segment is not None:
+            self._seg_done[segment] = self._seg_done.get(segment, 0) + 1
+
+    # -------------------------------------------------------------- spool --
+    def _to_spool(self, rec: SpoolRecord) -> bool:
+        if self.spool.append(rec):
+            self._counts["spooled"] += 1
+            if self._dropping:
+                log.warning("spool %s has room again", self.spool.dir)
+                self._dropping = False
+            return True
+        self._counts["dropped"] += 1
+        if not self._dropping:
+            log.error("spool %s is full (%d bytes, cap %d): DROPPING events until Kafka takes "
+                      "records again; the count is in the stats", self.spool.dir, self.spool.bytes,
+                      self.spool.max_bytes)
+            self._dropping = True
+        return False
+
+    def _service(self) -> None:
+        """Settle failed sends and delete spool segments that are delivered."""
+        with self._lock:
+            failed, self._failed = self._failed, []
+        for _seq, item, exc in failed:
+            if not _permanent(exc):
+                if self._counts["retries"] == 0 or exc.__class__.__name__ != getattr(self, "_last_failure", ""):
+                    log.warning("delivery failed (%s); the record goes back to the spool", _describe(exc))
+                    self._last_failure = exc.__class__.__name__
+                self._counts["retries"] += 1
+                self._to_spool(item.rec)   # ends up behind newer records (see docstring)
+                if item.segment is not None:
+                    self._seg_done[item.segment] = self._seg_done.get(item.segment, 0) + 1
+            else:
+                self._reject(item.rec, item.segment, exc)
+        if self._seg_read:
+            with self._lock:
+                done = dict(self._seg_done)
+            for seg, read in list(self._seg_read.items()):
+                if (self.spool.fully_read(seg) and done.get(seg, 0) >= self.spool.records_in(seg)
+                        and read >= self.spool.records_in(seg)):
+                    self.spool.delete_segment(seg)
+                    self._seg_read.pop(seg, None)
+                    with self._lock:
+                        self._seg_done.pop(seg, None)
+
+    def _room(self, wait: bool) -> bool:
+        with self._lock:
+            if len(self._inflight) < self.memory_limit:
+                return True
+            if not wait or self._stalled:
+                return False
+            ok = self._lock.wait_for(lambda: len(self._inflight) < self.memory_limit, self.max_block_s)
+            if not ok:
+                self._stalled = True
+            return ok
+
+    def _pump(self) -> None:
+        """Send spooled records, in order, while the producer has room."""
+        while self.spool.unread > 0 and self._ensure_producer():
+            with self._lock:
+                room = self.memory_limit - len(self._inflight)
+            if room <= 0:
+                return
+            batch = self.spool.read(min(room, 1000))
+            if not batch:
+                return
+            for i, (seg, cursor, rec) in enumerate(batch):
+                if not self._send(rec, seg):
+                    self.spool.seek(cursor, len(batch) - i)
+                    return
+                self._seg_read[seg] = self._seg_read.get(seg, 0) + 1
+                self._counts["resent_from_spool"] += 1
+
+    # ----------------------------------------------------------------- API --
+    def publish(self, event: dict) -> None:
+        """Wrap ``event`` in an envelope and publish it (key = host, topic per source)."""
+        env = wrap(event, self.collector_id)
+        rec = SpoolRecord(event_topic(env["source"], self.topic_prefix), host_key(event), encode(env))
+        self.publish_record(rec)
+
+    def publish_record(self, rec: SpoolRecord) -> None:
+        self._counts["published"] += 1
+        self._service()
+        if self._ensure_producer():
+            if self.spool.unread > 0:
+                self._room(wait=True)        # back-pressure, bounded
+                self._pump()
+            if self.spool.unread == 0 and self._room(wait=True) and self._send(rec, None):
+                return
+        self._to_spool(rec)
+
+    def pending(self) -> int:
+        """Records not yet acknowledged: in memory plus unread in the spool."""
+        with self._lock:
+            return len(self._inflight) + len(self._failed) + self.spool.unread
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Send everything (spool included) and wait for the acknowledgements, at most
+        ``timeout_s``. True if nothing is left unacknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._service()
+            self._pump()
+            self.spool.flush()
+            with self._lock:
+                if not self._inflight and not self._failed and self.spool.unread == 0:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(min(left, 0.1))
+        self._service()
+        return self.pending() == 0
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush (bounded), then persist whatever is still unacknowledged to the front of the
+        spool so that the next run sends it first."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            if self._producer is not None:
+                # after this the producer's I/O thread is gone: no callback races below
+                _close_producer(self._producer, 0 if self.pending() else 5)
+            with self._lock:
+                self._closed = True
+                held_seq = [(seq, item.rec) for seq, item in self._inflight.items()]
+                held_seq += [(seq, item.rec) for seq, item, _ in self._failed]
+                held = [rec for _, rec in sorted(held_seq, key=lambda p: p[0])]
+                self._inflight.clear()
+                self._failed.clear()
+            # every record before the spool cursor is now acknowledged, rejected, re-spooled
+            # further back or in `held`: drop that prefix, then put `held` in front
+            self.spool.compact_read_prefix()
+            if held:
+                self.spool.prepend(held)
+                log.warning("%d unacknowledged record(s) saved to the spool %s for the next run",
+                            len(held), self.spool.dir)
+            self.spool.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            s = dict(self._counts)
+            s["in_flight"] = len(self._inflight)
+        s["spool_bytes"] = self.spool.bytes
+        s["spool_unsent"] = self.spool.unread
+        return s

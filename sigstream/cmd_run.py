@@ -1,0 +1,596 @@
+"""`sigstream run`, `sigstream demo` and `sigstream alerts tail`: the streaming side.
+
+`run` without a broker is the embedded mode (collector thread -> in-process
+MemoryBroker -> processor -> stdout); with `--bootstrap` (or SIGSTREAM_BOOTSTRAP)
+it is a Kafka consumer-group member producing to the alerts and dlq topics.
+Kafka is only reached through connectors.kafka, imported when a broker is used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import click
+import orjson
+from rich.console import Console
+from rich.markup import escape
+
+from sigstream.cli import EXIT_USAGE, _load, err_console, main, rule_options
+from sigstream.render import LEVEL_RANK, LEVEL_STYLE, summary_table, what
+from stream.rules import LEVELS, find_rule_files
+
+log = logging.getLogger("sigstream.run")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = REPO_ROOT / "samples"
+BUNDLED_RULES = REPO_ROOT / "sigma_rules"
+EVENTS_TOPIC_PATTERN = r"sigstream\.events\..*"
+ALERTS_TOPIC = "sigstream.alerts"
+DLQ_TOPIC = "sigstream.dlq"
+DEFAULT_GROUP = "sigstream-processor"
+BOOTSTRAP_ENV = "SIGSTREAM_BOOTSTRAP"
+EXIT_FAILURE = 1
+
+
+def _quiet_kafka_client() -> None:
+    """kafka-python logs transient, self-healing conditions (new topic leaders, coordinator
+    moves) as warnings; interactive commands hide them unless --log-level debug."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
+def _bootstrap(value: str | None) -> str | None:
+    return value or os.environ.get(BOOTSTRAP_ENV) or None
+
+
+def bootstrap_option(f: Callable) -> Callable:
+    return click.option("--bootstrap", metavar="HOST:PORT",
+                        help=f"Kafka bootstrap server(s). Default: ${BOOTSTRAP_ENV}; unset = embedded "
+                             "mode (no Kafka).")(f)
+
+
+# ------------------------------------------------------------------- output ---
+
+def alert_line(a: dict[str, Any]) -> str:
+    """One rich-markup line per alert: time, level (coloured), host, rule, what matched."""
+    rule = a.get("rule") or {}
+    level = rule.get("level") or "?"
+    style = LEVEL_STYLE.get(level, "")
+    matched = a.get("matched") or []
+    hit = ""
+    if matched:
+        m = matched[0]
+        hit = f"{m.get('field')}={str(m.get('value'))[:60]}"
+    ev = a.get("event") or {}
+    t = str(a.get("event_time") or "")[11:19]
+    return (f"[dim]{t}[/dim] [{style}]{level:<8}[/] [cyan]{escape(str(a.get('host') or '?'))}[/cyan] "
+            f"[bold]{escape(rule.get('title') or '')}[/bold]"
+            f"{' [dim](' + escape(hit) + ')[/dim]' if hit else ''}\n         {escape(what(ev, 140))}")
+
+
+class LiveSink:
+    """Prints alerts as they become durable (on flush): rich lines or JSONL; summary on close."""
+
+    def __init__(self, fmt: str, console: Console | None = None, summary: bool = True,
+                 dedupe: bool = False):
+        self.fmt = fmt
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.summary = summary
+        self.dedupe = dedupe
+        self.seen: set[str] = set()
+        self.shown: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
+
+    def add(self, alert: dict[str, Any]) -> None:
+        self._pending.append(alert)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for a in pending:
+            if self.dedupe:
+                if a["alert_id"] in self.seen:
+                    continue
+                self.seen.add(a["alert_id"])
+            self.shown.append(a)
+            if self.fmt == "jsonl":
+                sys.stdout.buffer.write(orjson.dumps(a, default=str) + b"\n")
+            else:
+                self.console.print(alert_line(a))
+        if self.fmt == "jsonl":
+            sys.stdout.buffer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.fmt != "jsonl" and self.summary:
+            if self.shown:
+                self.console.print(summary_table(self.shown))
+            else:
+                self.console.print("[green]No detections.[/green]")
+
+
+class TeeSink:
+    """Every alert to several sinks; flush flushes all (the durable one first)."""
+
+    def __init__(self, *sinks: Any):
+        self.sinks = [s for s in sinks if s is not None]
+
+    def add(self, alert: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.add(alert)
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            s.flush()
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+class RuleWatcher:
+    """True when the set, mtime or size of the rule files changed since the last call."""
+
+    def __init__(self, paths: Iterable[str]):
+        self.paths = list(paths)
+        self.sig = self._signature()
+
+    def _signature(self) -> tuple:
+        out = []
+        for f in find_rule_files(self.paths):
+            try:
+                st = f.stat()
+                out.append((str(f), st.st_mtime_ns, st.st_size))
+            except OSError:
+                continue
+        return tuple(out)
+
+    def __call__(self) -> bool:
+        sig = self._signature()
+        changed, self.sig = sig != self.sig, sig
+        return changed
+
+
+def _install_signals(processor: Any) -> Callable[[], None]:
+    """SIGTERM/SIGINT: finish the batch, commit, exit 0 (a second one aborts). SIGHUP: reload."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[int, Any] = {}
+
+    def on_stop(signum: int, frame: Any) -> None:
+        if processor.stopping:
+            raise KeyboardInterrupt
+        log.warning("%s: finishing the current batch, committing, exiting", signal.Signals(signum).name)
+        processor.stop()
+
+    def on_hup(signum: int, frame: Any) -> None:
+        log.warning("SIGHUP: reloading rules at the next batch boundary")
+        processor.request_reload()
+
+    for sig, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
+                         (getattr(signal, "SIGHUP", None), on_hup)):
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    return restore
+
+
+def engine_options(f: Callable) -> Callable:
+    """Matching options shared with `hunt`: enrichment and IOC lists."""
+    f = click.option("--ioc", "ioc_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                     help="Known-bad hash list (as in `hunt --ioc`), matched against Sysmon Hashes. "
+                          "Repeatable; reloaded with the rules.")(f)
+    f = click.option("--no-enrich", is_flag=True,
+                     help="Do not add the derived sigstream_* fields before matching (as `hunt`).")(f)
+    return f
+
+
+def _with_iocs(rules: list, opts: dict[str, Any], quiet: bool = False) -> list:
+    if opts.get("ioc_paths"):
+        from stream.ioc import load_ioc_files
+        iocs = load_ioc_files(opts["ioc_paths"])
+        if not quiet:
+            for p in iocs.problems:
+                err_console.print(f"[yellow]ioc list[/yellow] {p}", soft_wrap=True)
+        rules = rules + list(iocs.rules)
+    return rules
+
+
+def _engine_factory(opts: dict[str, Any]) -> Callable[[list], Any]:
+    """The same Engine construction as `hunt`: enrichment unless --no-enrich."""
+    from stream.engine import Engine
+    enrich = None
+    if not opts.get("no_enrich"):
+        try:
+            from stream.enrich import enrich
+        except ImportError:  # pragma: no cover - older trees without enrichment
+            enrich = None
+    return lambda rules: Engine(rules, enrich=enrich) if enrich else Engine(rules)
+
+
+def _rule_loader(opts: dict[str, Any]) -> Callable[[], list]:
+    def load() -> list:
+        loaded = _load(dict(opts, strict=False), quiet=True)
+        if loaded.errors:
+            log.warning("reload: %d rule error(s), first: %s", len(loaded.errors), loaded.errors[0])
+        return _with_iocs(list(loaded.rules), opts, quiet=True)
+    return load
+
+
+def _engine(opts: dict[str, Any]) -> Any:
+    loaded = _load(opts)
+    rules = _with_iocs(list(loaded.rules), opts)
+    if not rules:
+        err_console.print("[red]no usable rules[/red] (check the paths and the selection options)")
+        sys.exit(EXIT_USAGE)
+    return _engine_factory(opts)(rules)
+
+
+def _summary(m: Any, seconds: float, mode: str) -> None:
+    rate = m.events / seconds if seconds > 0 else 0.0
+    err_console.print(
+        f"[bold]{mode}[/bold]: {m.events:,} events, {m.alerts:,} alerts, {m.dead_letters:,} dead letters, "
+        f"{m.rules:,} rules{f', {m.reloads} reload(s)' if m.reloads else ''}, {seconds:.2f}s, "
+        f"{rate:,.0f} events/s", highlight=False)
+
+
+# ---------------------------------------------------------------- embedded ---
+
+def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
+                 until_idle: float | None = None, rule_loader: Callable | None = None,
+                 watch: Callable | None = None, group: str = DEFAULT_GROUP) -> Any:
+    """Files -> collector thread -> MemoryBroker -> Processor -> out. Returns the metrics."""
+    from connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
+                                   MemorySource, publish_events)
+    from connectors.readers import find_event_files, read_events
+    from stream.processor import Processor
+
+    files = find_event_files(inputs)
+    broker = MemoryBroker()
+    done = threading.Event()
+    read_errors: list[Any] = []
+
+    def collect() -> None:
+        try:
+            publish_events(MemoryProducer(broker),
+                           (ev for ev, _ in read_events(files, on_error=read_errors.append)),
+                           collector_id="embedded")
+        except Exception:
+            log.exception("embedded collector failed")
+        finally:
+            done.set()
+
+    collector = threading.Thread(target=collect, name="collector", daemon=True)
+    source = MemorySource(broker, EVENTS_TOPIC_PATTERN, group)
+    alerts = TeeSink(MemoryAlertSink(broker, ALERTS_TOPIC), out)
+    dlq = MemoryDeadLetterSink(broker, DLQ_TOPIC)
+    processor = Processor(source, engine, alerts, dlq, batch_size=batch_size, poll_timeout_s=0.2,
+                          until_idle_s=until_idle, idle_exit=done.is_set, rule_loader=rule_loader,
+                          watch=watch)
+    restore = _install_signals(processor)
+    collector.start()
+    try:
+        metrics = processor.run()
+    finally:
+        restore()
+        alerts.close()
+        dlq.close()
+        source.close()
+    for e in read_errors[:10]:
+        err_console.print(f"[yellow]unreadable record[/yellow] {e}", soft_wrap=True)
+    if len(read_errors) > 10:
+        err_console.print(f"[yellow]… {len(read_errors) - 10} more unreadable records[/yellow]")
+    for d in broker.messages(DLQ_TOPIC)[:10]:
+        err_console.print(f"[yellow]dead letter[/yellow] {d.header('source_topic').decode()}"
+                          f"@{d.header('source_offset').decode()}: {d.header('reason').decode()}")
+    return metrics
+
+
+# ------------------------------------------------------------------- kafka ---
+
+def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_beginning: bool,
+              alerts_topic: str, dlq_topic: str, batch_size: int, until_idle: float | None,
+              rule_loader: Callable | None = None, watch: Callable | None = None,
+              echo: Any = None, session_timeout_s: float = 45.0) -> Any:
+    from connectors.kafka import KafkaAlertSink, KafkaDeadLetterSink, KafkaSettings, KafkaSource
+    from stream.processor import Processor
+
+    settings = KafkaSettings(bootstrap=bootstrap)
+    source = KafkaSource(settings, topics, group, from_beginning=from_beginning,
+                         max_poll_records=max(batch_size, 1), session_timeout_s=session_timeout_s)
+    alerts = KafkaAlertSink(settings, alerts_topic)
+    dlq = KafkaDeadLetterSink(settings, dlq_topic)
+    sink = TeeSink(alerts, echo) if echo is not None else alerts
+    processor = Processor(source, engine, sink, dlq, batch_size=batch_size, poll_timeout_s=0.5,
+                          until_idle_s=until_idle, rule_loader=rule_loader, watch=watch,
+                          log_interval_s=15.0)
+    restore = _install_signals(processor)
+    ok = False
+    try:
+        metrics = processor.run()
+        ok = True
+    finally:
+        restore()
+        for closer in (sink.close, dlq.close, source.close):
+            try:
+                closer()
+            except Exception as e:  # noqa: BLE001
+                if ok:
+                    raise
+                log.warning("while closing after a failure: %s", e)
+    return metrics
+
+
+# --------------------------------------------------------------------- run ---
+
+@main.command()
+@rule_options
+@engine_options
+@bootstrap_option
+@click.option("--input", "inputs", multiple=True, type=click.Path(exists=True), metavar="PATH",
+              help="Embedded mode: event files/directories to replay (default: the bundled samples/).")
+@click.option("--group", default=DEFAULT_GROUP, show_default=True, help="Kafka consumer group id.")
+@click.option("--from-beginning/--from-latest", default=True, show_default=True,
+              help="Where a group with no committed offsets starts.")
+@click.option("--topic-prefix", default="sigstream", show_default=True,
+              help="Topics are <prefix>.events.<source>, <prefix>.alerts, <prefix>.dlq.")
+@click.option("--topics", metavar="PATTERN",
+              help=r"Regex of the event topics to consume [default: ^<prefix>\.events\..*].")
+@click.option("--alerts-topic", help="[default: <prefix>.alerts]")
+@click.option("--dlq-topic", help="[default: <prefix>.dlq]")
+@click.option("--until-idle", type=float, metavar="SECONDS",
+              help="Exit 0 after no new events for this long (default: run until signalled).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=500, show_default=True,
+              help="Records per poll; output is flushed and offsets committed once per batch.")
+@click.option("--session-timeout", type=click.FloatRange(6, 1800), default=45.0, show_default=True,
+              metavar="SECONDS", help="Group session timeout: how long until the partitions of a "
+                                      "crashed member are handed to the others.")
+@click.option("--watch-rules", is_flag=True, help="Reload the rules when rule files change (polls mtimes).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl"]),
+              help="Alert output on stdout (embedded: default table on a terminal, else jsonl; "
+                   "with a broker: only if given).")
+def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginning: bool,
+        topic_prefix: str, topics: str | None, alerts_topic: str | None, dlq_topic: str | None, until_idle: float | None, batch_size: int, session_timeout: float, watch_rules: bool,
+        fmt: str | None, **opts: Any) -> None:
+    """Run the stream processor: event topics -> Sigma rules -> alerts topic.
+
+    \b
+    Embedded (no Kafka): replay files through an in-process queue, alerts on stdout:
+      sigstream run -r sigma_rules/
+      sigstream run -r sigma_rules/ --input logs/ -f jsonl > alerts.jsonl
+    With a broker (consumer group; alerts to sigstream.alerts, bad records to sigstream.dlq):
+      sigstream run -r sigma_rules/ --bootstrap 127.0.0.1:9092
+      SIGSTREAM_BOOTSTRAP=kafka:9092 sigstream run -r rules/ --group soc --until-idle 30
+
+    \b
+    Delivery: at-least-once. After every batch the alerts and dead letters are
+    flushed (acked by the broker) and only then are the offsets committed; a
+    crash re-processes the records after the last commit, so an alert may be
+    delivered twice, always with the same alert_id.
+    Signals: SIGTERM/SIGINT finish the batch, commit and exit 0; SIGHUP reloads
+    the rules (a reload that yields no valid rule keeps the current set).
+    """
+    bootstrap = _bootstrap(bootstrap)
+    topics = topics or "^" + re.escape(topic_prefix) + r"\.events\..*"
+    alerts_topic = alerts_topic or f"{topic_prefix}.alerts"
+    dlq_topic = dlq_topic or f"{topic_prefix}.dlq"
+    engine = _engine(opts)
+    loader = _rule_loader(opts)
+    watch = RuleWatcher(opts["rule_paths"]) if watch_rules else None
+    t0 = time.perf_counter()
+    try:
+        if bootstrap is None:
+            fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+            metrics = run_embedded(engine, list(inputs) or [str(SAMPLES_DIR)], LiveSink(fmt),
+                                   batch_size=batch_size, until_idle=until_idle, rule_loader=loader,
+                                   watch=watch, group=group)
+            mode = "embedded"
+        else:
+            if inputs:
+                raise click.UsageError("--input is for the embedded mode; with a broker use "
+                                       "`sigstream collect` to publish events")
+            metrics = run_kafka(engine, bootstrap, group=group, topics=topics,
+                                from_beginning=from_beginning, alerts_topic=alerts_topic,
+                                dlq_topic=dlq_topic, batch_size=batch_size, until_idle=until_idle,
+                                rule_loader=loader, watch=watch, session_timeout_s=session_timeout,
+                                echo=LiveSink(fmt, summary=False) if fmt else None)
+            mode = f"kafka {bootstrap} group {group}"
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted: offsets since the last batch are not committed[/yellow]")
+        sys.exit(130)
+    except (click.ClickException, SystemExit):
+        raise
+    except Exception as e:
+        log.debug("processor failed", exc_info=True)
+        err_console.print(f"[red]processor stopped[/red]: {type(e).__name__}: {escape(str(e))} "
+                          "(nothing after the last committed batch is lost: it is re-delivered on restart)")
+        sys.exit(EXIT_FAILURE)
+    _summary(metrics, time.perf_counter() - t0, mode)
+
+
+# -------------------------------------------------------------------- demo ---
+
+@main.command()
+@bootstrap_option
+@click.option("--input", "inputs", multiple=True, type=click.Path(exists=True), metavar="PATH",
+              help="Event files to replay instead of the bundled samples/.")
+@click.option("-r", "--rules", "rule_paths", multiple=True, type=click.Path(exists=True),
+              help="Rules to use instead of the bundled sigma_rules/.")
+@click.option("--until-idle", type=float, default=5.0, show_default=True,
+              help="With a broker: stop after no new events for this long.")
+def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, ...],
+         until_idle: float) -> None:
+    """Replay the bundled sample intrusion end to end and show the alerts as they arrive.
+
+    \b
+    No Kafka needed (in-process queue):
+      sigstream demo
+    Through a real broker (collect -> topics -> processor -> sigstream.alerts):
+      sigstream demo --bootstrap 127.0.0.1:9092
+    """
+    bootstrap = _bootstrap(bootstrap)
+    _quiet_kafka_client()
+    opts = {"rule_paths": rule_paths or (str(BUNDLED_RULES),)}
+    files = list(inputs) or sorted(str(p) for p in SAMPLES_DIR.glob("*.jsonl"))
+    console = Console(highlight=False, soft_wrap=True)
+    engine = _engine(opts)
+    console.print(f"[bold]sigstream demo[/bold]: {len(engine.rules)} rules, replaying "
+                  f"{', '.join(Path(f).name for f in files)} "
+                  f"{'through Kafka at ' + bootstrap if bootstrap else 'through the in-process queue'}\n")
+    live = LiveSink("table", console, summary=False, dedupe=True)
+    t0 = time.perf_counter()
+    if bootstrap is None:
+        metrics = run_embedded(engine, files, live, batch_size=20, group="sigstream-demo")
+    else:
+        _collect_to_kafka(bootstrap, files)
+        metrics = run_kafka(engine, bootstrap, group=f"sigstream-demo-{uuid.uuid4().hex[:8]}",
+                            topics=EVENTS_TOPIC_PATTERN, from_beginning=True, alerts_topic=ALERTS_TOPIC,
+                            dlq_topic=DLQ_TOPIC, batch_size=100, until_idle=until_idle, echo=live)
+    seconds = time.perf_counter() - t0
+    console.print()
+    if live.shown:
+        console.print(summary_table(live.shown))
+    else:
+        console.print("[green]No detections.[/green]")
+    hosts = sorted({str(a.get("host")) for a in live.shown})
+    console.print(f"\n{metrics.events:,} events -> {len(live.shown):,} alerts on {len(hosts)} host(s) "
+                  f"({', '.join(hosts)}), {metrics.dead_letters} dead letters, {seconds:.2f}s")
+    console.print("[dim]next: sigstream hunt -r sigma_rules/ samples/   |   "
+                  "sigstream run -r sigma_rules/ --bootstrap HOST:PORT[/dim]")
+
+
+def _collect_to_kafka(bootstrap: str, files: list[str]) -> None:
+    """Publish files to the event topics (creating the topics) via connectors.kafka."""
+    import tempfile
+
+    from connectors import kafka as kc
+    from connectors.readers import read_events
+
+    settings = kc.KafkaSettings(bootstrap=bootstrap)
+    kc.create_topics(settings, kc.all_topics(), 3)
+    with tempfile.TemporaryDirectory(prefix="sigstream-demo-spool-") as spool:
+        pub = kc.KafkaEventPublisher(settings, collector_id="demo", spool_dir=spool)
+        try:
+            for ev, _ in read_events(files):
+                pub.publish(ev)
+            if not pub.flush(60):
+                raise click.ClickException(f"Kafka at {bootstrap} did not acknowledge the demo events")
+        finally:
+            pub.close()
+
+
+# ------------------------------------------------------------- alerts tail ---
+
+@main.group()
+def alerts() -> None:
+    """Read the alerts topic."""
+
+
+def _level_ok(alert: dict, level: str | None) -> bool:
+    if not level:
+        return True
+    have = (alert.get("rule") or {}).get("level") or "informational"
+    return LEVEL_RANK.get(have, 9) <= LEVEL_RANK[level]
+
+
+def alert_filter(level: str | None, host: str | None, rule: str | None, tag: str | None) -> Callable[[dict], bool]:
+    host_l, rule_l, tag_l = (x.lower() if x else None for x in (host, rule, tag))
+
+    def ok(a: dict) -> bool:
+        r = a.get("rule") or {}
+        if not _level_ok(a, level):
+            return False
+        if host_l and host_l not in str(a.get("host") or "").lower():
+            return False
+        if rule_l and rule_l != str(r.get("id") or "").lower() and rule_l not in str(r.get("title") or "").lower():
+            return False
+        if tag_l and tag_l not in [t.lower() for t in r.get("tags") or ()]:
+            return False
+        return True
+    return ok
+
+
+@alerts.command("tail")
+@bootstrap_option
+@click.option("--topic-prefix", default="sigstream", show_default=True)
+@click.option("--topic", help="Alerts topic [default: <prefix>.alerts].")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert (default: only new ones).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl"]),
+              help="Default: table on a terminal, jsonl otherwise.")
+@click.option("--level", type=click.Choice(LEVELS), help="Only alerts of this level or higher.")
+@click.option("--host", help="Only hosts containing this text (case-insensitive).")
+@click.option("--rule", help="Only this rule id, or rules whose title contains this text.")
+@click.option("--tag", help="Only rules with this tag, e.g. attack.t1059.001.")
+@click.option("--max", "max_alerts", type=click.IntRange(1), help="Exit after showing N alerts.")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Exit after no new alert for this long.")
+def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, from_beginning: bool, fmt: str | None,
+                level: str | None, host: str | None, rule: str | None, tag: str | None,
+                max_alerts: int | None, timeout: float | None) -> None:
+    """Follow the alerts topic (a private consumer group: commits nothing for anyone else).
+
+    \b
+    Examples:
+      sigstream alerts tail --bootstrap 127.0.0.1:9092
+      sigstream alerts tail --from-beginning --level high --host WKS-FIN --timeout 10
+      sigstream alerts tail --from-beginning -f jsonl --rule "AMSI" --max 100 > amsi.jsonl
+    """
+    bootstrap = _bootstrap(bootstrap)
+    topic = topic or f"{topic_prefix}.alerts"
+    if bootstrap is None:
+        raise click.UsageError(f"alerts tail needs a broker: --bootstrap HOST:PORT or ${BOOTSTRAP_ENV} "
+                               "(the embedded `run`/`demo` print alerts on stdout)")
+    from connectors.kafka import KafkaSettings, KafkaSource
+
+    _quiet_kafka_client()
+    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    keep = alert_filter(level, host, rule, tag)
+    out = LiveSink(fmt, summary=False)
+    settings = KafkaSettings(bootstrap=bootstrap)
+    # A throw-away group id: positions are never committed, no other reader is affected.
+    source = KafkaSource(settings, [topic], f"sigstream-tail-{uuid.uuid4().hex[:12]}",
+                         from_beginning=from_beginning)
+    stop = threading.Event()
+    prev = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    shown = bad = 0
+    last = time.monotonic()
+    try:
+        while not stop.is_set():
+            msgs = source.poll(500, 0.5)
+            if not msgs:
+                if timeout is not None and time.monotonic() - last >= timeout:
+                    break
+                continue
+            last = time.monotonic()
+            for m in msgs:
+                try:
+                    a = orjson.loads(m.value)
+                    if not isinstance(a, dict) or "rule" not in a:
+                        raise ValueError("not an alert")
+                except Exception:
+                    bad += 1
+                    continue
+                if keep(a):
+                    out.add(a)
+                    shown += 1
+                    if max_alerts and shown >= max_alerts:
+                        stop.set()
+                        break
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+        out.flush()
+        source.close()
+    if bad:
+        err_console.print(f"[yellow]{bad} message(s) on {topic} were not alerts[/yellow]")

@@ -1,0 +1,255 @@
+"""Alert renderings: native vs its JSON Schema, ECS field types, OCSF Detection Finding (2004)."""
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from connectors.readers import read_events
+from stream.alert_context import process_of, registry_of
+from stream.alert_formats import FORMATS, FormattingSink, render, to_ecs, to_ocsf
+from stream.alerts import build_alert
+from stream.engine import Engine
+from stream.rules import load_rules
+from connectors.sinks import ListSink
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "schemas" / "alert.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def alerts() -> list[dict]:
+    loaded = load_rules([str(ROOT / "sigma_rules")])
+    engine = Engine(loaded.rules)
+    out = []
+    for event, src in read_events([str(ROOT / "samples" / "fileless-intrusion.jsonl")]):
+        for hit in engine.match(event):
+            a = build_alert(hit, event, {"path": src.path, "position": src.position},
+                            detected_at="2026-11-24T09:12:00.000000Z")
+            out.append(orjson.loads(orjson.dumps(a, default=str)))   # as it travels
+    assert len(out) >= 10
+    return out
+
+
+def _by_event(alerts, event_id):
+    return next(a for a in alerts if a["event"].get("EventID") == event_id)
+
+
+# ------------------------------------------------------------------ native ---
+
+def test_native_alerts_match_the_schema(alerts):
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for a in alerts:
+        errors = sorted(validator.iter_errors(render(a, "native")), key=str)
+        assert not errors, [e.message for e in errors]
+
+
+def test_native_is_passthrough(alerts):
+    assert render(alerts[0], "native") is alerts[0]
+
+
+def test_schema_rejects_broken_alerts(alerts):
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    a = copy.deepcopy(alerts[0])
+    del a["alert_id"]
+    assert not validator.is_valid(a)
+    a = copy.deepcopy(alerts[0])
+    a["attack"]["techniques"] = ["1059"]
+    assert not validator.is_valid(a)
+    a = copy.deepcopy(alerts[0])
+    a["rule"]["level"] = "severe"
+    assert not validator.is_valid(a)
+
+
+def test_schema_accepts_hunt_alert_without_detection_time_and_with_dedup(alerts):
+    a = copy.deepcopy(alerts[0])
+    del a["detected_at"]
+    a["dedup"] = {"count": 3, "first_seen": "2026-11-24T09:12:00.000000Z",
+                  "last_seen": "2026-11-24T09:13:00.000000Z", "window_s": 300.0, "key": [], "final": True}
+    jsonschema.validate(a, SCHEMA)
+
+
+def test_unknown_format_is_an_error(alerts):
+    with pytest.raises(ValueError):
+        render(alerts[0], "cef")
+    with pytest.raises(ValueError):
+        FormattingSink(ListSink(), "xml")
+
+
+def test_formatting_sink(alerts):
+    inner = ListSink()
+    sink = FormattingSink(inner, "ocsf")
+    sink.add(alerts[0])
+    sink.close()
+    assert inner.alerts[0]["class_uid"] == 2004
+
+
+# --------------------------------------------------------------------- ECS ---
+# ECS field -> type (https://www.elastic.co/guide/en/ecs/current/ecs-field-reference.html)
+ECS_TYPES = {
+    "@timestamp": "date", "ecs.version": "keyword", "message": "match_only_text", "tags": "keyword",
+    "event.kind": "keyword", "event.id": "keyword", "event.created": "date", "event.severity": "long",
+    "event.risk_score": "float", "event.category": "keyword", "event.type": "keyword",
+    "event.code": "keyword", "event.provider": "keyword", "event.module": "keyword",
+    "event.dataset": "keyword", "event.reason": "keyword",
+    "rule.id": "keyword", "rule.uuid": "keyword", "rule.name": "keyword", "rule.description": "keyword",
+    "rule.reference": "keyword", "rule.author": "keyword", "rule.ruleset": "keyword", "rule.category": "keyword",
+    "threat.framework": "keyword", "threat.tactic.id": "keyword", "threat.tactic.name": "keyword",
+    "threat.tactic.reference": "keyword", "threat.technique.id": "keyword",
+    "threat.technique.name": "keyword", "threat.technique.reference": "keyword",
+    "threat.technique.subtechnique.id": "keyword", "threat.technique.subtechnique.name": "keyword",
+    "threat.technique.subtechnique.reference": "keyword",
+    "host.name": "keyword", "host.hostname": "keyword",
+    "process.executable": "keyword", "process.name": "keyword", "process.pid": "long",
+    "process.entity_id": "keyword", "process.command_line": "wildcard", "process.working_directory": "keyword",
+    "process.parent.executable": "keyword", "process.parent.name": "keyword", "process.parent.pid": "long",
+    "process.parent.entity_id": "keyword", "process.parent.command_line": "wildcard",
+    "user.name": "keyword", "user.domain": "keyword",
+    "registry.path": "keyword", "registry.hive": "keyword", "registry.key": "keyword",
+    "registry.value": "keyword", "registry.data.strings": "wildcard",
+    "winlog.channel": "keyword", "winlog.provider_name": "keyword", "winlog.computer_name": "keyword",
+    "winlog.event_id": "keyword", "winlog.record_id": "keyword",
+}
+
+
+def _flatten(doc, prefix=""):
+    for k, v in doc.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and name not in ("winlog.event_data", "sigstream"):
+            yield from _flatten(v, name + ".")
+        else:
+            yield name, v
+
+
+def _type_ok(ecs_type, value):
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if ecs_type in ("keyword", "wildcard", "match_only_text"):
+            ok = isinstance(v, str)
+        elif ecs_type == "long":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif ecs_type == "float":
+            ok = isinstance(v, float)
+        elif ecs_type == "date":
+            ok = isinstance(v, str) and datetime.fromisoformat(v.replace("Z", "+00:00")) is not None
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
+
+
+def test_ecs_field_types(alerts):
+    seen = set()
+    for a in alerts:
+        doc = to_ecs(a)
+        for name, value in _flatten(doc):
+            if name.startswith(("sigstream", "winlog.event_data")):
+                continue
+            assert name in ECS_TYPES, f"unexpected field {name}"
+            assert _type_ok(ECS_TYPES[name], value), (name, value)
+            seen.add(name)
+        assert doc["event"]["kind"] == "alert"
+        assert all(isinstance(v, str) for v in doc["winlog"]["event_data"].values())
+        assert all(v is not None for _, v in _flatten({k: v for k, v in doc.items() if k != "sigstream"}))
+    # the sample intrusion exercises process, parent, registry and sub-techniques
+    for must in ("process.pid", "process.entity_id", "process.parent.executable", "registry.path",
+                 "registry.value", "threat.technique.subtechnique.id", "user.name", "event.severity"):
+        assert must in seen, must
+
+
+def test_ecs_registry_and_threat(alerts):
+    a = next(x for x in alerts if x["event"].get("EventID") == 13)
+    doc = to_ecs(a)
+    reg = doc["registry"]
+    assert reg["hive"] in ("HKLM", "HKU", "HKCU", "HKCR")
+    assert reg["path"].endswith("\\" + reg["value"])
+    assert reg["path"].startswith(reg["hive"] + "\\" + reg["key"])
+    t = to_ecs(_by_event(alerts, 1))["threat"]
+    assert "T1059" in t["technique"]["id"]
+    assert "T1059.001" in t["technique"]["subtechnique"]["id"]
+    assert t["technique"]["name"][t["technique"]["id"].index("T1059")] == "Command and Scripting Interpreter"
+    assert "Execution" in t["tactic"]["name"]
+
+
+# -------------------------------------------------------------------- OCSF ---
+
+def _has(doc, path):
+    for part in path.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return False
+        doc = doc[part]
+    return doc not in (None, "", [])
+
+
+OCSF_REQUIRED = ("activity_id", "category_uid", "class_uid", "finding_info", "finding_info.uid",
+                 "metadata", "metadata.product", "metadata.version", "severity_id", "time", "type_uid")
+
+
+def test_ocsf_detection_finding_required_attributes(alerts):
+    for a in alerts:
+        doc = to_ocsf(a)
+        missing = [p for p in OCSF_REQUIRED if not _has(doc, p)]
+        assert not missing, missing
+        assert doc["class_uid"] == 2004 and doc["category_uid"] == 2
+        assert doc["activity_id"] == 1
+        assert doc["type_uid"] == 2004 * 100 + doc["activity_id"]
+        assert isinstance(doc["time"], int) and doc["time"] > 1_600_000_000_000
+        assert doc["severity_id"] in (0, 1, 2, 3, 4, 5, 6, 99)
+        assert doc["finding_info"]["uid"] == a["alert_id"]
+        assert doc["finding_info"]["title"] == a["rule"]["title"]
+        assert doc["finding_info"]["analytic"]["type_id"] == 1
+        assert doc["metadata"]["product"]["name"] == "sigstream"
+        assert doc["device"]["hostname"] == a["host"]
+        for attack in doc["finding_info"]["attacks"]:
+            assert attack["technique"]["uid"].startswith("T")
+
+
+def test_ocsf_evidence_and_severity(alerts):
+    doc = to_ocsf(_by_event(alerts, 1))
+    proc = doc["evidences"][0]["process"]
+    assert isinstance(proc["pid"], int) and proc["uid"].startswith("{")
+    assert proc["file"]["path"].lower().endswith("powershell.exe")
+    assert doc["severity"] == "High" and doc["severity_id"] == 4
+    reg = to_ocsf(_by_event(alerts, 13))["evidences"][0]["reg_value"]
+    assert reg["path"] and reg["name"]
+
+
+def test_ocsf_dedup_update(alerts):
+    a = dict(alerts[0], dedup={"count": 4, "first_seen": "2026-11-24T09:12:00Z",
+                               "last_seen": "2026-11-24T09:14:00Z", "window_s": 300, "key": [], "final": True})
+    doc = to_ocsf(a)
+    assert doc["activity_id"] == 2 and doc["type_uid"] == 200402
+    assert doc["count"] == 4 and doc["finding_info"]["related_events_count"] == 4
+    assert doc["end_time"] - doc["start_time"] == 120_000
+
+
+def test_every_format_is_json_serialisable(alerts):
+    for fmt in FORMATS:
+        for a in alerts:
+            json.dumps(render(a, fmt))
+
+
+# ------------------------------------------------------------ alert context ---
+
+def test_process_and_registry_context():
+    ev = {"EventID": 4688, "NewProcessName": "C:\\x\\a.exe", "NewProcessId": "0x1008",
+          "CommandLine": "a -b", "SubjectUserName": "bob", "ParentProcessName": "C:\\p.exe", "ProcessId": "0x10"}
+    p = process_of(ev)
+    assert p["pid"] == 4104 and p["name"] == "a.exe" and p["parent"]["pid"] == 16
+    assert process_of({"EventID": 4104, "Execution_ProcessID": 77}) == {"pid": 77}
+    assert process_of({"EventID": 19}) is None
+    r = registry_of({"EventID": 13, "EventType": "SetValue",
+                     "TargetObject": "HKU\\S-1-5-21\\Software\\Microsoft\\Windows\\CurrentVersion\\Run\\upd",
+                     "Details": "powershell -w hidden"})
+    assert r == {"path": "HKU\\S-1-5-21\\Software\\Microsoft\\Windows\\CurrentVersion\\Run\\upd",
+                 "hive": "HKU", "key": "S-1-5-21\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
+                 "value": "upd", "event_type": "SetValue", "data": "powershell -w hidden"}
+    k = registry_of({"EventID": 12, "EventType": "CreateKey", "TargetObject": "HKLM\\SOFTWARE\\X"})
+    assert "value" not in k and k["key"] == "SOFTWARE\\X"
