@@ -140,6 +140,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_pat
     from sigstream.render import TableSink
     from stream.alerts import build_alert
     from stream.engine import Engine
+    from stream.reassembly import ScriptBlockAssembler
 
     try:
         files = find_event_files(paths)
@@ -185,15 +186,26 @@ def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_pat
 
     show_progress = progress if progress is not None else (len(files) > 1 and sys.stderr.isatty())
     events = detections = 0
+    # PowerShell splits long script blocks over several 4104 events: match the whole block.
+    assembler = ScriptBlockAssembler()
+    src = None
+
+    def detect(event: dict, src: Any) -> None:
+        nonlocal detections
+        for hit in engine.match(event):
+            detections += 1
+            sink.add(build_alert(hit, event, {"path": src.path, "position": src.position}))
+
     t1 = time.perf_counter()
     with _progress(show_progress, len(files)) as advance:
         for f in files:
             for event, src in read_events([f], on_error=on_error):
                 events += 1
-                for hit in engine.match(event):
-                    detections += 1
-                    sink.add(build_alert(hit, event, {"path": src.path, "position": src.position}))
+                for whole in assembler.feed(event, time.monotonic()):
+                    detect(whole, src)
             advance(f)
+        for whole in assembler.flush():  # blocks whose parts never all arrived, flagged
+            detect(whole, src)
     sink.close()
     if output:
         out_stream.close()

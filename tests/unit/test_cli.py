@@ -63,12 +63,17 @@ def test_hunt_project_rules_over_samples_jsonl():
     # every alert's rule really matches its event (brute force, no routing/prefilter) and nothing is missed
     from stream.enrich import enrich  # hunt enriches by default (--no-enrich turns it off)
 
+    from stream.reassembly import ScriptBlockAssembler  # and matches whole script blocks
+
     loaded = load_rules([RULES], use_cache=False)
     engine = Engine(loaded.rules, enrich=enrich)
+    assembler = ScriptBlockAssembler()
     expected = []
     for ev, src in read_events(sorted(SAMPLES.glob("*.jsonl"))):
-        for hit in engine.match_all(ev):
-            expected.append((hit.rule.id, Path(src.path).name, src.position))
+        for whole in assembler.feed(ev, 0.0):
+            for hit in engine.match_all(whole):
+                expected.append((hit.rule.id, Path(src.path).name, src.position))
+    assert not assembler.flush()
     got = [(a["rule"]["id"], Path(a["source"]["path"]).name, a["source"]["position"]) for a in alerts]
     assert sorted(got) == sorted(expected)
     assert len({a["alert_id"] for a in alerts}) == len(alerts)
