@@ -114,6 +114,9 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]),
               help="Output format (default: table on a terminal, jsonl otherwise).")
+@click.option("--alert-format", type=click.Choice(["native", "ecs", "ocsf"]), default="native",
+              show_default=True, help="Alert document shape for jsonl: sigstream's own, Elastic ECS, "
+                                      "or OCSF Detection Finding (class 2004).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write detections to this file instead of stdout.")
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False, writable=True),
@@ -125,8 +128,8 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
 @click.option("--ioc", "ioc_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Known-bad hash list (text: one MD5/SHA1/SHA256/imphash:... per line; CSV: "
                    "hash,label[,level]); matched against Sysmon Hashes. Repeatable.")
-def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_path: str | None,
-         progress: bool | None, no_enrich: bool, ioc_paths: tuple[str, ...], **opts: Any) -> None:
+def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str | None,
+         errors_path: str | None, progress: bool | None, no_enrich: bool, ioc_paths: tuple[str, ...], **opts: Any) -> None:
     """Run Sigma rules over event files (.evtx, JSON lines, JSON arrays, .gz, directories).
 
     \b
@@ -162,12 +165,17 @@ def hunt(paths: tuple[str, ...], fmt: str | None, output: str | None, errors_pat
     engine = Engine(rules, enrich=enrich)
     load_seconds = time.perf_counter() - t0
 
-    out_stream = open(output, "wb") if output else sys.stdout.buffer
     fmt = fmt or ("table" if (not output and sys.stdout.isatty()) else "jsonl")
+    if alert_format != "native" and fmt != "jsonl":
+        raise click.UsageError(f"--alert-format {alert_format} needs -f jsonl (table and csv show native alerts)")
+    out_stream = open(output, "wb") if output else sys.stdout.buffer
     if fmt == "table":
         sink = TableSink(Console(file=open(output, "w") if output else sys.stdout))
     else:
         sink = JsonlSink(out_stream) if fmt == "jsonl" else CsvSink(out_stream)
+    if alert_format != "native":
+        from stream.alert_formats import FormattingSink
+        sink = FormattingSink(sink, alert_format)
 
     errors_out = open(errors_path, "wb") if errors_path else None
     read_errors = 0

@@ -10,6 +10,8 @@ import hashlib
 import re
 from typing import Any
 
+from stream.alert_context import process_of, registry_of, severity
+from stream.attack_names import tactic_name, technique_name
 from stream.engine import CompiledRule
 from stream.envelope import event_fingerprint
 
@@ -43,16 +45,27 @@ def build_alert(hit: CompiledRule, event: dict, source: dict[str, Any] | None = 
     """The alert document for one rule match (computes the explanation)."""
     rule = hit.rule
     meta = rule.meta()
+    attack = attack_of(rule.tags)
+    names = {t: n for t in attack["techniques"] + attack["tactics"]
+             if (n := technique_name(t) if t.startswith("T") and not t.startswith("TA") else tactic_name(t))}
+    sev_id, sev_name, score = severity(rule.level)
     alert = {
         "alert_id": alert_id(rule.id or rule.title, event),
         "rule": meta,
-        "attack": attack_of(rule.tags),
+        "attack": {**attack, "names": names},
+        "severity": {"id": sev_id, "name": sev_name, "score": score},
         "host": event.get("Computer"),
         "event_time": event.get("TimeCreated"),
         "matched": hit.explain(event),
         "event": event,
         "source": source,
     }
+    process = process_of(event)
+    if process:
+        alert["process"] = process
+    registry = registry_of(event)
+    if registry:
+        alert["registry"] = registry
     if detected_at is not None:
         alert["detected_at"] = detected_at
     return alert

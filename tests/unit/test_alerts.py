@@ -55,7 +55,8 @@ def _alert(ev=None, **kw):
 def test_alert_document_fields():
     ev = _event()
     alert = _alert(ev, source={"path": "/x/y.jsonl", "position": 3})
-    assert set(alert) == {"alert_id", "rule", "attack", "host", "event_time", "matched", "event", "source"}
+    assert set(alert) == {"alert_id", "rule", "attack", "severity", "process", "host", "event_time",
+                          "matched", "event", "source"}
     rule = alert["rule"]
     assert rule["id"] == RULE_ID and rule["title"] == "Encoded PowerShell" and rule["level"] == "high"
     assert rule["status"] == "test" and rule["author"] == "tester" and rule["date"] == "2024-05-06"
@@ -63,7 +64,12 @@ def test_alert_document_fields():
     assert rule["logsource"] == {"product": "windows", "category": "process_creation"}
     assert rule["falsepositives"] == ["installers"]
     assert "attack.t1059.001" in rule["tags"]
-    assert alert["attack"] == {"techniques": ["T1059.001", "T1027"], "tactics": ["TA0002", "TA0005", "TA0011"]}
+    assert alert["attack"]["techniques"] == ["T1059.001", "T1027"]
+    assert alert["attack"]["tactics"] == ["TA0002", "TA0005", "TA0011"]
+    assert alert["attack"]["names"]["T1059.001"] == "PowerShell"
+    assert alert["attack"]["names"]["TA0002"] == "Execution"
+    assert alert["severity"]["name"] == "High"
+    assert alert["process"]["image"].lower().endswith("powershell.exe")
     assert alert["host"] == "WKS-1.corp"
     assert alert["event_time"] == "2024-05-06T07:08:09.123Z"
     assert alert["event"] is ev

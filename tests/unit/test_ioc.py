@@ -165,5 +165,8 @@ def test_hunt_cli_ioc_and_no_enrich(tmp_path):
     assert any("sigstream_CommandLineDecoded" in a["event"] for a in alerts)
     res = runner.invoke(main, ["hunt", "-r", str(root / "sigma_rules"), "--no-enrich", "-f", "jsonl", samples])
     plain = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
-    assert not any(k.startswith("sigstream_") for a in plain for k in a["event"])
+    # script-block reassembly metadata stays (it is not enrichment); derived fields do not
+    reassembly = {"sigstream_Fragments", "sigstream_Reassembled", "sigstream_Incomplete",
+                  "sigstream_MissingParts", "sigstream_Evicted"}
+    assert not any(k.startswith("sigstream_") and k not in reassembly for a in plain for k in a["event"])
     assert len(plain) < len(alerts) - len(ioc_hits)  # enrichment-based rules need the fields
