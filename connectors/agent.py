@@ -120,6 +120,7 @@ class AgentConfig:
     log_level: str = "INFO"
     log_file: str | None = None
     stats_interval_s: float = 60.0
+    actions: Any = None                     # connectors.agent_actions.ActionsConfig
 
     def __post_init__(self) -> None:
         if not self.host_id:
@@ -131,7 +132,7 @@ class AgentConfig:
 
 
 _TOP_KEYS = {"host_id", "computer_name", "state_dir", "sources", "kafka", "spool", "queue", "budget",
-             "filters", "health", "logging"}
+             "filters", "health", "logging", "actions"}
 
 
 def _section(doc: dict, name: str, keys: set[str]) -> dict:
@@ -256,6 +257,14 @@ def config_from_dict(doc: dict) -> AgentConfig:
     if not isinstance(ids, dict):
         raise ConfigError("filters.exclude_event_ids: a mapping channel -> [event ids]")
     kw["exclude_event_ids"] = {str(k).lower(): {int(x) for x in v} for k, v in ids.items()}
+
+    a = _section(doc, "actions", {"enabled", "keys", "dry_run", "keep_open", "rollback_after_s"})
+    if a:
+        from connectors.agent_actions import ActionsConfig
+        kw["actions"] = ActionsConfig(
+            enabled=bool(a.get("enabled", False)), keys=a.get("keys"),
+            dry_run=bool(a.get("dry_run", True)), keep_open=[str(x) for x in a.get("keep_open") or []],
+            rollback_after_s=float(a.get("rollback_after_s", 900.0)))
 
     h = _section(doc, "health", {"enabled", "listen"})
     if "enabled" in h:
@@ -747,6 +756,14 @@ class Agent:
             self._start_health()
         self._pub_thread = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         self._pub_thread.start()
+        self.actions = None
+        if self.cfg.actions is not None and self.cfg.actions.enabled:
+            if self.sink_spec not in (None, "", "kafka"):
+                log.warning("actions need the Kafka sink; response side not started")
+            else:
+                from connectors.agent_actions import ActionRunner
+                self.actions = ActionRunner(self.cfg.actions, self.cfg.computer_name, self.cfg.kafka,
+                                            self.cfg.topic_prefix, Path(self.cfg.state_dir) / "actions").start()
         started = []
         try:
             for s in self.sources:
@@ -788,6 +805,8 @@ class Agent:
 
     def _shutdown_rest(self) -> None:
         self._stop.set()
+        if getattr(self, "actions", None) is not None:
+            self.actions.stop()
         if self._pub_thread is not None:
             self._drained.wait()
         self.queue.close()

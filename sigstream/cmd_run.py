@@ -246,6 +246,15 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
 
 # ---------------------------------------------------------------- embedded ---
 
+def _assembler() -> Any:
+    """Multi-part PowerShell script blocks are matched whole, as in `hunt`."""
+    try:
+        from stream.reassembly import ScriptBlockAssembler
+    except ImportError:  # pragma: no cover - older trees
+        return None
+    return ScriptBlockAssembler()
+
+
 def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
                  until_idle: float | None = None, rule_loader: Callable | None = None,
                  watch: Callable | None = None, group: str = DEFAULT_GROUP) -> Any:
@@ -276,7 +285,7 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
     dlq = MemoryDeadLetterSink(broker, DLQ_TOPIC)
     processor = Processor(source, engine, alerts, dlq, batch_size=batch_size, poll_timeout_s=0.2,
                           until_idle_s=until_idle, idle_exit=done.is_set, rule_loader=rule_loader,
-                          watch=watch)
+                          watch=watch, assembler=_assembler())
     restore = _install_signals(processor)
     collector.start()
     try:
@@ -313,7 +322,7 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
     sink = TeeSink(alerts, echo) if echo is not None else alerts
     processor = Processor(source, engine, sink, dlq, batch_size=batch_size, poll_timeout_s=0.5,
                           until_idle_s=until_idle, rule_loader=rule_loader, watch=watch,
-                          log_interval_s=15.0)
+                          log_interval_s=15.0, assembler=_assembler())
     restore = _install_signals(processor)
     ok = False
     try:

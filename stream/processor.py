@@ -41,6 +41,12 @@ is already durable, so the only effect is a re-delivery (same alert_ids). One ba
 errors and any unexpected exception while handling a record dead-letter that
 record (with the reason) and processing continues.
 
+Split PowerShell script blocks (with an `assembler`, as `hunt` does): fragments
+are buffered in memory until the block is whole, so while any block is buffered
+the batch's output is flushed but the offsets are NOT committed (`commits_held`);
+a crash then re-delivers the fragments. Blocks time out after the assembler's
+timeout and are flushed at an idle exit, so commits resume.
+
 This module does not import `connectors/` or Kafka: it works on the small
 protocols below, which the Kafka connector and the in-memory transport
 (`connectors.memory`) both implement.
@@ -56,7 +62,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from stream.alerts import build_alert
 from stream.engine import Engine
-from stream.envelope import EnvelopeError, decode
+from stream.envelope import EnvelopeError, decode, event_fingerprint
 from stream.rules import Rule
 
 log = logging.getLogger(__name__)
@@ -124,6 +130,7 @@ class Metrics:
     batches: int = 0
     commits: int = 0
     commit_failures: int = 0
+    commits_held: int = 0      # batches not committed because script-block fragments were buffered
     reloads: int = 0
     reloads_rejected: int = 0
     rules: int = 0
@@ -140,7 +147,7 @@ class Metrics:
         return {
             "events": self.events, "alerts": self.alerts, "dead_letters": self.dead_letters,
             "errors": self.errors, "batches": self.batches, "commits": self.commits,
-            "commit_failures": self.commit_failures,
+            "commit_failures": self.commit_failures, "commits_held": self.commits_held,
             "reloads": self.reloads, "reloads_rejected": self.reloads_rejected, "rules": self.rules,
             "lag": self.lag, "events_per_s": round(recent, 1),
             "events_per_s_total": round(self.events / elapsed, 1),
@@ -160,7 +167,8 @@ class Processor:
                  idle_exit: Callable[[], bool] | None = None,
                  log_interval_s: float = 30.0,
                  dead_letter_max_value: int = DEAD_LETTER_MAX_VALUE,
-                 engine_factory: Callable[[Sequence[Rule]], Engine] | None = None):
+                 engine_factory: Callable[[Sequence[Rule]], Engine] | None = None,
+                 assembler: Any = None):
         """
         clock:        wall clock (epoch seconds) for `detected_at` and the idle timer.
         until_idle_s: return from run() after no new record for this long, counted while the
@@ -173,6 +181,9 @@ class Processor:
                       mode: "the collector has finished and everything is consumed").
         engine_factory: builds the engine of a reloaded rule set (default: an Engine with
                       the same enrichment as the current one).
+        assembler:    a stream.reassembly.ScriptBlockAssembler (as `hunt` uses): multi-part
+                      4104 script blocks are matched once, whole. While it buffers
+                      fragments the offsets are NOT committed (see _commit).
         """
         self.source = source
         self.engine = engine
@@ -190,6 +201,8 @@ class Processor:
         self.idle_exit = idle_exit
         self.log_interval_s = log_interval_s
         self.dead_letter_max_value = dead_letter_max_value
+        self.assembler = assembler
+        self._fragment_sources: dict[str, dict[str, Any]] = {}
         self.engine_factory = engine_factory or (
             lambda rules: Engine(rules, enrich=getattr(self.engine, "_enrich", None)))
         self._stop = threading.Event()
@@ -297,7 +310,11 @@ class Processor:
             self._between_batches()
             batch = self.source.poll(self.batch_size, self.poll_timeout_s)
             if not batch:
+                if self._pending_fragments():
+                    self._drain_assembler(final=False)   # timed-out blocks
+                    self._commit()
                 if self.idle_exit is not None and self.idle_exit():
+                    self._end_of_input()
                     break
                 if self.until_idle_s is not None:
                     if not self._has_assignment():
@@ -306,13 +323,24 @@ class Processor:
                         last_record = self.clock()
                     elif self.clock() - last_record >= self.until_idle_s:
                         log.info("no new records for %.1fs; stopping", self.until_idle_s)
+                        self._end_of_input()
                         break
                 continue
             self.process_batch(batch)
+            self._drain_assembler(final=False)
             self._commit()
             last_record = self.clock()
         self.log_metrics()
         return self.metrics
+
+    def _pending_fragments(self) -> int:
+        return self.assembler.pending if self.assembler is not None else 0
+
+    def _end_of_input(self) -> None:
+        """Idle exit: like the end of a file in `hunt`, emit incomplete blocks, then commit."""
+        if self._pending_fragments():
+            self._drain_assembler(final=True)
+            self._commit()
 
     def _has_assignment(self) -> bool:
         """Does the source own partitions now? (Sources without `assignment()`: always.)"""
@@ -342,11 +370,47 @@ class Processor:
     def _process(self, msg: Any) -> None:
         env = decode(msg.value)
         event = env["event"]
+        source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                  "event_id": env["event_id"]}
+        if self.assembler is None:
+            self._detect(event, source)
+            return
+        ready = self.assembler.feed(event, self.clock())
+        if not ready and self.assembler.pending:
+            # a fragment was buffered: remember where its block started (bounded)
+            if len(self._fragment_sources) > 100_000:
+                self._fragment_sources.clear()
+            self._fragment_sources.setdefault(env["event_id"], source)
+        for whole in ready:
+            if whole is event:
+                self._detect(event, source)
+            else:
+                self._detect_block(whole, source)
+
+    def _detect_block(self, whole: dict, fallback: dict[str, Any] | None) -> None:
+        """A reassembled block: its source is the message of its first fragment when known."""
+        fp = event_fingerprint(whole)
+        src = self._fragment_sources.pop(fp, None) or dict(
+            fallback or {"topic": None, "partition": None, "offset": None})
+        self._detect(whole, dict(src, event_id=fp))
+
+    def _drain_assembler(self, final: bool) -> None:
+        if self.assembler is None:
+            return
+        blocks = self.assembler.flush() if final else self.assembler.expire(self.clock())
+        for whole in blocks:
+            try:
+                self._detect_block(whole, None)
+            except Exception as e:  # noqa: BLE001
+                self.metrics.errors += 1
+                log.warning("reassembled script block failed: %s: %s", type(e).__name__, e)
+        if final:
+            self._fragment_sources.clear()
+
+    def _detect(self, event: dict, source: dict[str, Any]) -> None:
         hits = self.engine.match(event)
         if not hits:
             return
-        source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                  "event_id": env["event_id"]}
         detected_at = iso_utc(self.clock())
         alerts = [build_alert(hit, event, source=source, detected_at=detected_at) for hit in hits]
         for alert in alerts:
@@ -367,6 +431,12 @@ class Processor:
         # THE commit order (the only place offsets are committed): output first, then input.
         self.alert_sink.flush()      # 1. alerts acked
         self.dead_letters.flush()    # 2. dead letters acked
+        if self._pending_fragments():
+            # Script-block fragments live only in memory: committing past them would lose
+            # them in a crash. Hold the commit until no block is buffered (blocks complete,
+            # time out after the assembler's timeout, or are flushed at idle exit).
+            self.metrics.commits_held += 1
+            return
         try:
             self.source.commit()     # 3. only now may the group move past these records
         except Exception as e:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -20,13 +19,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.kafka import (KafkaEventPublisher, KafkaRecordProducer, KafkaSettings, KafkaSource,
-                              all_topics, create_topics)
+from connectors.kafka import KafkaEventPublisher, KafkaSettings, KafkaSource, all_topics, create_topics
 from connectors.readers import read_events
 from stream.alerts import alert_id
 from stream.engine import Engine
 from stream.envelope import MAX_MESSAGE_BYTES, encode, event_fingerprint, wrap
-from stream.rules import load_rule_text, load_rules
+from stream.rules import load_rules
 
 REPO = Path(__file__).resolve().parents[2]
 CORPORA = REPO.parent / "shared" / "corpora"
@@ -220,12 +218,20 @@ def test_end_to_end_collect_run_alerts_equal_in_process_engine(kafka_bootstrap, 
     loaded = load_rules([SIGMA_WINDOWS], selection=None)
     engine = Engine([r for r in loaded.rules if r.logsource.get("product", "").lower() == "windows"],
                     enrich=enrich)
+    from stream.reassembly import ScriptBlockAssembler   # ... and whole script blocks, like `hunt`
+    assembler = ScriptBlockAssembler()
     expected = set()
     events = 0
-    for ev, _ in read_events([EVTX_SAMPLES]):
-        events += 1
+
+    def detect(ev):
         for hit in engine.match(ev):
             expected.add((hit.rule.id, event_fingerprint(ev)))
+    for ev, _ in read_events([EVTX_SAMPLES]):
+        events += 1
+        for whole in assembler.feed(ev, time.monotonic()):
+            detect(whole)
+    for whole in assembler.flush():
+        detect(whole)
     assert len(expected) > 500
 
     alerts = alerts_of(read_topic(kafka_bootstrap, f"{prefix}.alerts", want=len(expected), timeout=120))

@@ -477,3 +477,59 @@ def test_failed_commit_is_not_fatal_and_only_causes_redelivery():
     assert m.commit_failures == 1 and m.commits == 1 and m.events == 6
     assert len(MemoryAlertSink(broker).alerts()) == 6
     assert broker.committed("g", "sigstream.events.sysmon", 0) == 6
+
+
+# ------------------------------------------------------- script-block reassembly ---
+
+PS = "Microsoft-Windows-PowerShell/Operational"
+SPLIT_RULE = textwrap.dedent("""
+    title: AMSI utils in a script block
+    id: 33333333-3333-4333-8333-333333333333
+    status: test
+    level: high
+    logsource: {product: windows, category: ps_script}
+    detection:
+      sel: {ScriptBlockText|contains: 'AmsiUtils'}
+      condition: sel
+""")
+
+
+def fragment(n, total, text, rec):
+    return {"EventID": 4104, "Channel": PS, "Computer": "WKS-1", "EventRecordID": rec,
+            "TimeCreated": f"2026-11-24T08:00:0{rec % 10}.000000Z", "MessageNumber": n,
+            "MessageTotal": total, "ScriptBlockId": "{0b5c-split}", "ScriptBlockText": text}
+
+
+def test_split_script_block_is_matched_whole_and_commit_waits_for_it():
+    from stream.reassembly import ScriptBlockAssembler
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [fragment(1, 2, "$a=[Ref].Assembly.GetType('System.Management.Automation.Ams", 10),
+                     proc_event("cmd /c echo hi", 11),
+                     fragment(2, 2, "iUtils');$a.GetField('amsiInitFailed')", 12)])
+    p = make(broker, Engine(one_rule(SPLIT_RULE), use_cache=False), batch_size=2,
+             assembler=ScriptBlockAssembler())
+    first = p.source.poll(1, 0)
+    assert first[0].topic == "sigstream.events.powershell" and first[0].offset == 0
+    p.process_batch(first)
+    p._commit()
+    assert broker.committed("g", "sigstream.events.powershell", 0) is None   # fragment buffered
+    assert p.metrics.commits_held >= 1
+    m = p.run()
+    (alert,) = MemoryAlertSink(broker).alerts()
+    assert "AmsiUtils" in alert["event"]["ScriptBlockText"]
+    assert alert["event"]["sigstream_Reassembled"] is True
+    assert alert["source"]["topic"] == "sigstream.events.powershell" and alert["source"]["offset"] == 0
+    assert alert["source"]["event_id"] == event_fingerprint(fragment(1, 2, "", 10))
+    assert m.events == 3
+    assert broker.committed("g", "sigstream.events.powershell", 0) == 2   # both fragments
+
+
+def test_incomplete_block_is_flushed_at_idle_exit():
+    from stream.reassembly import ScriptBlockAssembler
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [fragment(1, 3, "[Ref].Assembly.GetType('AmsiUtils')", 20)])
+    p = make(broker, Engine(one_rule(SPLIT_RULE), use_cache=False), assembler=ScriptBlockAssembler())
+    p.run()
+    (alert,) = MemoryAlertSink(broker).alerts()
+    assert alert["event"]["sigstream_Incomplete"] is True
+    assert broker.committed("g", "sigstream.events.powershell", 0) == 1
