@@ -378,10 +378,11 @@ class KafkaRecordProducer:
     """Acknowledged writes to one topic (alerts, dead letters)."""
 
     def __init__(self, settings: KafkaSettings, topic: str, *, acks: Any = "all", idempotent: bool = True,
-                 compression: str | None = "gzip", linger_ms: int = 5, delivery_timeout_s: float = 120):
+                 compression: str | None = "auto", linger_ms: int = 5, delivery_timeout_s: float = 120):
         self.topic = topic
         self._producer = KafkaProducer(**_producer_kwargs(
-            settings, acks, idempotent, compression, linger_ms,
+            settings, acks, idempotent, best_compression() if compression == "auto" else compression,
+            linger_ms,
             delivery_timeout_ms=int(delivery_timeout_s * 1000)))
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []
