@@ -311,10 +311,15 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
               alerts_topic: str, dlq_topic: str, batch_size: int, until_idle: float | None,
               rule_loader: Callable | None = None, watch: Callable | None = None,
               echo: Any = None, session_timeout_s: float = 45.0) -> Any:
-    from connectors.kafka import KafkaAlertSink, KafkaDeadLetterSink, KafkaSettings, KafkaSource
+    from connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
+                                  KafkaSource, create_topics)
     from stream.processor import Processor
 
     settings = KafkaSettings(bootstrap=bootstrap)
+    try:  # the output topics must exist (the broker may not auto-create them); idempotent
+        create_topics(settings, [alerts_topic, dlq_topic])
+    except KafkaError as e:
+        log.warning("could not create %s/%s (they must exist): %s", alerts_topic, dlq_topic, e)
     source = KafkaSource(settings, topics, group, from_beginning=from_beginning,
                          max_poll_records=max(batch_size, 1), session_timeout_s=session_timeout_s)
     alerts = KafkaAlertSink(settings, alerts_topic)

@@ -102,3 +102,29 @@ def test_agent_fake_sources_to_real_broker(monkeypatch, tmp_path, kafka_bootstra
     # bookmark: a restart would resume after the last record published
     bm = (tmp_path / "state" / "bookmarks" / "bookmark-Microsoft-Windows-Sysmon_Operational.xml").read_text()
     assert "RecordId='1004'" in bm
+
+    # the processor leg: the same topics -> `sigstream run` -> the alerts topic
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "mimikatz_block.yml").write_text(
+        "title: Mimikatz invoked in a script block\nid: 7d3e0f55-0a44-4d0e-9d7e-2f7f6c1e5a01\n"
+        "status: test\nlevel: high\nlogsource: {product: windows, category: ps_script}\n"
+        "detection:\n  sel: {ScriptBlockText|contains: 'Invoke-Mimikatz -DumpCreds'}\n  condition: sel\n")
+    (rules / "hku_value.yml").write_text(
+        "title: Value set under a user hive\nid: 0c0a3a1e-55a7-4c8e-9b3a-6d7f3c2b1a02\n"
+        "status: test\nlevel: medium\nlogsource: {product: windows, category: registry_set}\n"
+        "detection:\n  sel: {TargetObject|startswith: 'HKU\\S-1-5-21-'}\n  condition: sel\n")
+    import subprocess
+    import sys
+    run = subprocess.run(
+        [sys.executable, "-c", "from sigstream.cli import main; main()", "run", "-r", str(rules),
+         "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix, "--group", f"{prefix}-proc",
+         "--until-idle", "5", "--no-cache"],
+        capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    alerts = [g["env"] for g in _consume(kafka_bootstrap, [f"{prefix}.alerts"], want=2, timeout_s=30)]
+    by_rule = {a["rule"]["title"]: a for a in alerts}
+    assert set(by_rule) == {"Mimikatz invoked in a script block", "Value set under a user hive"}, alerts
+    block = by_rule["Mimikatz invoked in a script block"]["event"]
+    assert block.get("sigstream_Reassembled") and len(block["sigstream_Fragments"]) == 3
+    assert by_rule["Value set under a user hive"]["host"] == reg["Computer"]
