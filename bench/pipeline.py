@@ -275,7 +275,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpora")
     ap.add_argument("--copies", type=int, default=6, help="times the EVTX corpus is loaded (throughput)")
-    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--latency", action="append", metavar="RATE[:MATCH_EVERY]",
                     help="latency scenario: offered events/s, 1 in MATCH_EVERY events matching "
                          "(repeatable; default: 5000:1 5000:20 1000:1)")

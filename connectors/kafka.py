@@ -378,11 +378,14 @@ class KafkaRecordProducer:
     """Acknowledged writes to one topic (alerts, dead letters)."""
 
     def __init__(self, settings: KafkaSettings, topic: str, *, acks: Any = "all", idempotent: bool = True,
-                 compression: str | None = "auto", linger_ms: int = 5, delivery_timeout_s: float = 120):
+                 compression: str | None = "auto", linger_ms: int = 5, delivery_timeout_s: float = 120,
+                 batch_size: int = 512 * 1024):
+        # Alerts carry the whole event (a few KB): kafka-python's 16 KB default batch would
+        # mean one produce request per handful of alerts.
         self.topic = topic
         self._producer = KafkaProducer(**_producer_kwargs(
             settings, acks, idempotent, best_compression() if compression == "auto" else compression,
-            linger_ms,
+            linger_ms, batch_size=batch_size,
             delivery_timeout_ms=int(delivery_timeout_s * 1000)))
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []

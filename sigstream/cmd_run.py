@@ -364,7 +364,7 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
 @click.option("--dlq-topic", help="[default: <prefix>.dlq]")
 @click.option("--until-idle", type=float, metavar="SECONDS",
               help="Exit 0 after no new events for this long (default: run until signalled).")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=500, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True,
               help="Records per poll; output is flushed and offsets committed once per batch.")
 @click.option("--session-timeout", type=click.FloatRange(6, 1800), default=45.0, show_default=True,
               metavar="SECONDS", help="Group session timeout: how long until the partitions of a "
