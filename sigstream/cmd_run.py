@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 import click
 import orjson
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
@@ -133,6 +134,38 @@ class TeeSink:
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+def _extra_sinks(url: str | None, payload: str, secret_env: str | None, dead_letter: str | None,
+                 alert_format: str) -> list[Any]:
+    """Alert sinks besides the topic and stdout: the webhook, if configured."""
+    if not url:
+        return []
+    import os
+
+    from connectors.webhook import WebhookSink
+    secret = None
+    if secret_env:
+        if secret_env not in os.environ:
+            raise click.UsageError(f"--webhook-secret-env: {secret_env} is not set")
+        secret = os.environ[secret_env].encode()
+    try:
+        return [WebhookSink(url, payload=payload, alert_format=alert_format, secret=secret,
+                            dead_letter=dead_letter)]
+    except ValueError as e:
+        raise click.UsageError(str(e))
+
+
+def _dedup_wrapper(path: str | None) -> Callable[[Any], Any] | None:
+    """--dedup FILE -> a function putting a DedupSink in front of the alert sinks."""
+    if not path:
+        return None
+    from stream.dedup import DedupPolicy, DedupSink, Deduplicator
+    try:
+        policy = DedupPolicy.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+    except Exception as e:
+        raise click.UsageError(f"--dedup {path}: {e}")
+    return lambda sink: DedupSink(sink, Deduplicator(policy), clock=time.time)
 
 
 class RuleWatcher:
@@ -257,7 +290,8 @@ def _assembler() -> Any:
 
 def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
                  until_idle: float | None = None, rule_loader: Callable | None = None,
-                 watch: Callable | None = None, group: str = DEFAULT_GROUP) -> Any:
+                 watch: Callable | None = None, group: str = DEFAULT_GROUP,
+                 wrap: Callable[[Any], Any] | None = None) -> Any:
     """Files -> collector thread -> MemoryBroker -> Processor -> out. Returns the metrics."""
     from connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                    MemorySource, publish_events)
@@ -282,6 +316,8 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
     collector = threading.Thread(target=collect, name="collector", daemon=True)
     source = MemorySource(broker, EVENTS_TOPIC_PATTERN, group)
     alerts = TeeSink(MemoryAlertSink(broker, ALERTS_TOPIC), out)
+    if wrap is not None:
+        alerts = wrap(alerts)
     dlq = MemoryDeadLetterSink(broker, DLQ_TOPIC)
     processor = Processor(source, engine, alerts, dlq, batch_size=batch_size, poll_timeout_s=0.2,
                           until_idle_s=until_idle, idle_exit=done.is_set, rule_loader=rule_loader,
@@ -310,7 +346,8 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
 def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_beginning: bool,
               alerts_topic: str, dlq_topic: str, batch_size: int, until_idle: float | None,
               rule_loader: Callable | None = None, watch: Callable | None = None,
-              echo: Any = None, session_timeout_s: float = 45.0) -> Any:
+              echo: Any = None, session_timeout_s: float = 45.0,
+              wrap: Callable[[Any], Any] | None = None) -> Any:
     from connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
                                   KafkaSource, create_topics)
     from stream.processor import Processor
@@ -325,6 +362,8 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
     alerts = KafkaAlertSink(settings, alerts_topic)
     dlq = KafkaDeadLetterSink(settings, dlq_topic)
     sink = TeeSink(alerts, echo) if echo is not None else alerts
+    if wrap is not None:
+        sink = wrap(sink)
     processor = Processor(source, engine, sink, dlq, batch_size=batch_size, poll_timeout_s=0.5,
                           until_idle_s=until_idle, rule_loader=rule_loader, watch=watch,
                           log_interval_s=15.0, assembler=_assembler())
@@ -373,9 +412,24 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl"]),
               help="Alert output on stdout (embedded: default table on a terminal, else jsonl; "
                    "with a broker: only if given).")
+@click.option("--alert-format", type=click.Choice(["native", "ecs", "ocsf"]), default="native",
+              show_default=True, help="Shape of the jsonl alerts on stdout and of webhook posts "
+                                      "(the alerts topic stays native: respond and tail read it).")
+@click.option("--dedup", "dedup_path", type=click.Path(exists=True, dir_okay=False),
+              help="De-duplication policy YAML (default/levels/rules -> {window, key}); same rule + "
+                   "host + key within the window -> one alert with a count.")
+@click.option("--webhook", "webhook_url", metavar="URL", help="Also POST every alert to this URL.")
+@click.option("--webhook-payload", type=click.Choice(["json", "slack", "teams"]), default="json",
+              show_default=True, help="json: the alert document; slack/teams: a text summary.")
+@click.option("--webhook-secret-env", metavar="VAR",
+              help="Environment variable holding the HMAC key for the X-Sigstream-Signature header.")
+@click.option("--webhook-dead-letter", type=click.Path(dir_okay=False), metavar="FILE",
+              help="JSONL file for alerts the webhook permanently refused.")
 def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginning: bool,
         topic_prefix: str, topics: str | None, alerts_topic: str | None, dlq_topic: str | None, until_idle: float | None, batch_size: int, session_timeout: float, watch_rules: bool,
-        fmt: str | None, **opts: Any) -> None:
+        fmt: str | None, alert_format: str, dedup_path: str | None, webhook_url: str | None,
+        webhook_payload: str, webhook_secret_env: str | None, webhook_dead_letter: str | None,
+        **opts: Any) -> None:
     """Run the stream processor: event topics -> Sigma rules -> alerts topic.
 
     \b
@@ -401,13 +455,26 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     engine = _engine(opts)
     loader = _rule_loader(opts)
     watch = RuleWatcher(opts["rule_paths"]) if watch_rules else None
+    if bootstrap is None:
+        fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    if alert_format != "native" and fmt not in (None, "jsonl"):
+        raise click.UsageError(f"--alert-format {alert_format} needs -f jsonl (the table shows native alerts)")
+    extras = _extra_sinks(webhook_url, webhook_payload, webhook_secret_env, webhook_dead_letter,
+                          alert_format)
+    wrap = _dedup_wrapper(dedup_path)
+
+    def echo_sink(live: Any) -> Any:
+        if live is not None and alert_format != "native":
+            from stream.alert_formats import FormattingSink
+            live = FormattingSink(live, alert_format)
+        return TeeSink(live, *extras) if (live is not None or extras) else None
+
     t0 = time.perf_counter()
     try:
         if bootstrap is None:
-            fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
-            metrics = run_embedded(engine, list(inputs) or [str(SAMPLES_DIR)], LiveSink(fmt),
+            metrics = run_embedded(engine, list(inputs) or [str(SAMPLES_DIR)], echo_sink(LiveSink(fmt)),
                                    batch_size=batch_size, until_idle=until_idle, rule_loader=loader,
-                                   watch=watch, group=group)
+                                   watch=watch, group=group, wrap=wrap)
             mode = "embedded"
         else:
             if inputs:
@@ -417,7 +484,8 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
                                 from_beginning=from_beginning, alerts_topic=alerts_topic,
                                 dlq_topic=dlq_topic, batch_size=batch_size, until_idle=until_idle,
                                 rule_loader=loader, watch=watch, session_timeout_s=session_timeout,
-                                echo=LiveSink(fmt, summary=False) if fmt else None)
+                                echo=echo_sink(LiveSink(fmt, summary=False) if fmt else None),
+                                wrap=wrap)
             mode = f"kafka {bootstrap} group {group}"
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: offsets since the last batch are not committed[/yellow]")
@@ -534,6 +602,24 @@ def alert_filter(level: str | None, host: str | None, rule: str | None, tag: str
     return ok
 
 
+def _show_action_result(value: bytes | None, shown_ids: set[str], fmt: str) -> None:
+    """A responder action's result, printed after the alerts shown so far (if it is for one)."""
+    try:
+        r = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(r, dict) or str(r.get("alert_id")) not in shown_ids:
+        return
+    if fmt == "jsonl":
+        sys.stdout.buffer.write(orjson.dumps({"action_result": r}) + b"\n")
+        sys.stdout.buffer.flush()
+    else:
+        colour = {"ok": "green", "failed": "red", "rejected": "yellow"}.get(str(r.get("status")), "white")
+        Console(highlight=False, soft_wrap=True).print(
+            f"   [{colour}]↳ {r.get('type')} {r.get('status')}[/{colour}]: {escape(str(r.get('reason')))} "
+            f"({r.get('host')}{', dry run' if r.get('dry_run') else ''})")
+
+
 @alerts.command("tail")
 @bootstrap_option
 @click.option("--topic-prefix", default="sigstream", show_default=True)
@@ -547,9 +633,15 @@ def alert_filter(level: str | None, host: str | None, rule: str | None, tag: str
 @click.option("--tag", help="Only rules with this tag, e.g. attack.t1059.001.")
 @click.option("--max", "max_alerts", type=click.IntRange(1), help="Exit after showing N alerts.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Exit after no new alert for this long.")
+@click.option("--alert-format", type=click.Choice(["native", "ecs", "ocsf"]), default="native",
+              show_default=True, help="Shape of jsonl output.")
+@click.option("--with-actions", is_flag=True,
+              help="Also follow <prefix>.action-results and show each responder action's result "
+                   "under its alert.")
 def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, from_beginning: bool, fmt: str | None,
                 level: str | None, host: str | None, rule: str | None, tag: str | None,
-                max_alerts: int | None, timeout: float | None) -> None:
+                max_alerts: int | None, timeout: float | None, alert_format: str,
+                with_actions: bool) -> None:
     """Follow the alerts topic (a private consumer group: commits nothing for anyone else).
 
     \b
@@ -567,12 +659,19 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
 
     _quiet_kafka_client()
     fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    if alert_format != "native" and fmt != "jsonl":
+        raise click.UsageError(f"--alert-format {alert_format} needs -f jsonl")
     keep = alert_filter(level, host, rule, tag)
-    out = LiveSink(fmt, summary=False)
+    out: Any = LiveSink(fmt, summary=False)
+    if alert_format != "native":
+        from stream.alert_formats import FormattingSink
+        out = FormattingSink(out, alert_format)
     settings = KafkaSettings(bootstrap=bootstrap)
+    results_topic = f"{topic_prefix}.action-results"
     # A throw-away group id: positions are never committed, no other reader is affected.
-    source = KafkaSource(settings, [topic], f"sigstream-tail-{uuid.uuid4().hex[:12]}",
-                         from_beginning=from_beginning)
+    source = KafkaSource(settings, [topic, results_topic] if with_actions else [topic],
+                         f"sigstream-tail-{uuid.uuid4().hex[:12]}", from_beginning=from_beginning)
+    shown_ids: set[str] = set()
     stop = threading.Event()
     prev = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     shown = bad = 0
@@ -586,6 +685,10 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
                 continue
             last = time.monotonic()
             for m in msgs:
+                if m.topic == results_topic and with_actions:
+                    out.flush()
+                    _show_action_result(m.value, shown_ids, fmt)
+                    continue
                 try:
                     a = orjson.loads(m.value)
                     if not isinstance(a, dict) or "rule" not in a:
@@ -595,6 +698,7 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
                     continue
                 if keep(a):
                     out.add(a)
+                    shown_ids.add(str(a.get("alert_id")))
                     shown += 1
                     if max_alerts and shown >= max_alerts:
                         stop.set()
