@@ -54,7 +54,8 @@ def hunt(engine: Engine, files) -> tuple[int, int]:
         n += 1
         for hit in engine.match(event):
             hits += 1
-            build_alert(hit, event, {"path": src.path, "position": src.position})
+            build_alert(hit, event, {"path": src.path, "position": src.position},
+                        matched=engine.explain(hit, event))
     return n, hits
 
 

@@ -202,7 +202,8 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
         nonlocal detections
         for hit in engine.match(event):
             detections += 1
-            sink.add(build_alert(hit, event, {"path": src.path, "position": src.position}))
+            sink.add(build_alert(hit, event, {"path": src.path, "position": src.position},
+                                 matched=engine.explain(hit, event)))
 
     t1 = time.perf_counter()
     with _progress(show_progress, len(files)) as advance:

@@ -454,7 +454,10 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     dlq_topic = dlq_topic or f"{topic_prefix}.dlq"
     engine = _engine(opts)
     loader = _rule_loader(opts)
-    watch = RuleWatcher(opts["rule_paths"]) if watch_rules else None
+    # IOC lists reload whenever they change; rule files with --watch-rules (or on SIGHUP)
+    ioc_paths = list(opts.get("ioc_paths") or ())
+    watched = (list(opts["rule_paths"]) if watch_rules else []) + ioc_paths
+    watch = RuleWatcher(watched) if watched else None
     if bootstrap is None:
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
     if alert_format != "native" and fmt not in (None, "jsonl"):

@@ -6,6 +6,7 @@ the same event, so consumers can de-duplicate redeliveries.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -23,6 +24,8 @@ TACTICS = {
     "lateral_movement": "TA0008", "collection": "TA0009", "command_and_control": "TA0011",
     "exfiltration": "TA0010", "impact": "TA0040",
 }
+
+
 def attack_of(tags: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
     """ATT&CK technique and tactic ids named by a rule's tags."""
     techniques, tactics = [], []
@@ -40,23 +43,34 @@ def alert_id(rule_key: str, event: dict) -> str:
     return hashlib.sha256(f"{rule_key}|{event_fingerprint(event)}".encode()).hexdigest()[:32]
 
 
-def build_alert(hit: CompiledRule, event: dict, source: dict[str, Any] | None = None,
-                detected_at: str | None = None) -> dict[str, Any]:
-    """The alert document for one rule match (computes the explanation)."""
-    rule = hit.rule
-    meta = rule.meta()
-    attack = attack_of(rule.tags)
+@functools.lru_cache(maxsize=8192)
+def _attack_with_names(tags: tuple[str, ...]) -> dict[str, Any]:
+    """attack_of + names; per rule, so cached by its tags (callers get a copy)."""
+    attack = attack_of(tags)
     names = {t: n for t in attack["techniques"] + attack["tactics"]
              if (n := technique_name(t) if t.startswith("T") and not t.startswith("TA") else tactic_name(t))}
+    return {**attack, "names": names}
+
+
+def build_alert(hit: CompiledRule, event: dict, source: dict[str, Any] | None = None,
+                detected_at: str | None = None, matched: list[dict] | None = None) -> dict[str, Any]:
+    """The alert document for one rule match.
+
+    `matched`: the explanation if the caller has it (Engine.explain reuses the
+    lower-cased values of the event it just matched); computed here otherwise.
+    """
+    rule = hit.rule
+    attack = _attack_with_names(tuple(rule.tags))
     sev_id, sev_name, score = severity(rule.level)
     alert = {
         "alert_id": alert_id(rule.id or rule.title, event),
-        "rule": meta,
-        "attack": {**attack, "names": names},
+        "rule": rule.meta(),
+        "attack": {"techniques": list(attack["techniques"]), "tactics": list(attack["tactics"]),
+                   "names": dict(attack["names"])},
         "severity": {"id": sev_id, "name": sev_name, "score": score},
         "host": event.get("Computer"),
         "event_time": event.get("TimeCreated"),
-        "matched": hit.explain(event),
+        "matched": matched if matched is not None else hit.explain(event),
         "event": event,
         "source": source,
     }

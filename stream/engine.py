@@ -93,8 +93,10 @@ class Engine:
             r.index for r in self.rules if self._needles[r.index] and unicode_fold_sensitive(r.rule.ir))
         self._router = LogsourceRouter(routes)
         cache = Path(cache_dir or default_cache_dir()) if use_cache else None
-        self._index = NeedleIndex(rule_needles, cache)
+        self._index = NeedleIndex(enumerate(rule_needles), cache)
+        self._cache = cache
         self._buckets: dict[tuple[Any, Any], Bucket] = {}
+        self._last: tuple[dict, dict] | None = None
 
     def _error(self, err: EngineError) -> None:
         self.errors.append(err)
@@ -127,8 +129,15 @@ class Engine:
         if nested:
             text = text + "\n" + "\n".join(nested)
         rules = self.rules
-        found = self._index.scan(text)
-        return self._run([rules[i] for i in bucket.candidates(found, text.isascii())], event, low)
+        self._last = (event, low)
+        return self._run([rules[i] for i in bucket.candidates(text, self._needles.__getitem__,
+                                                              self._cache)], event, low)
+
+    def explain(self, hit: CompiledRule, event: dict) -> list[dict]:
+        """Why `hit` matched `event`; reuses the lower-cased values if `event` was the last matched."""
+        last = self._last
+        low = last[1] if last is not None and last[0] is event else lower_event(event)[0]
+        return explain(hit.rule.ir, event, low)
 
     def match_all(self, event: dict) -> list[CompiledRule]:
         """Brute force: every rule, no routing, no prefilter (reference for tests)."""

@@ -27,12 +27,17 @@ Scanner = Callable[[str], set]
 class NeedleIndex:
     """Every rule's needles, scanned in one pass: text -> ids of the needles it contains."""
 
-    def __init__(self, rule_needles: list[frozenset[str] | None], cache_dir: Path | None = None):
+    def __init__(self, rule_needles: Iterable[tuple[int, frozenset[str] | None]],
+                 cache_dir: Path | None = None):
+        """`rule_needles`: (rule position, its needles or None) pairs."""
         by_needle: dict[str, list[int]] = {}
-        for idx, needles in enumerate(rule_needles):
+        unfiltered = []
+        for idx, needles in rule_needles:
+            if needles is None:
+                unfiltered.append(idx)
             for n in sorted(needles or ()):  # sorted: the same rules give the same (cached) database
                 by_needle.setdefault(n, []).append(idx)
-        self.unfiltered = frozenset(i for i, n in enumerate(rule_needles) if n is None)
+        self.unfiltered = frozenset(unfiltered)
         self.needle_rules: list[tuple[int, ...]] = list(map(tuple, by_needle.values()))
         needles = list(by_needle)
         self.backend = "none"
@@ -96,7 +101,7 @@ def _store_db(db, needles: list[str], cache_dir: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(hyperscan.dumpb(db))
         tmp.replace(path)
-        prune(path.parent, "needles-*.hsdb")
+        prune(path.parent, "needles-*.hsdb", keep=64)
     except OSError as e:
         log.debug("could not cache needle database: %s", e)
 
@@ -112,10 +117,16 @@ def _aho_corasick_scanner(needles: list[str]) -> Scanner:
     return lambda text: set(map(second, iterate(text)))
 
 
+# A bucket that keeps receiving events gets a needle database of its own: its scan then
+# reports only its own rules' needles (fewer, cheaper hits than the shared database).
+PROMOTE_AFTER_EVENTS = 512
+PROMOTE_MIN_RULES = 64
+
+
 class Bucket:
     """The candidate rules for one (channel, event id) key."""
 
-    __slots__ = ("members", "always", "fold", "_index", "_by_needle")
+    __slots__ = ("members", "always", "fold", "_index", "_by_needle", "_own", "_events")
 
     def __init__(self, index: NeedleIndex, members: Iterable[int],
                  fold_sensitive: frozenset[int] = frozenset()):
@@ -126,18 +137,39 @@ class Bucket:
         self.fold = sorted(self.members & fold_sensitive)
         self._index = index
         self._by_needle: dict[int, tuple[int, ...]] = {}
+        self._own: NeedleIndex | None = None
+        self._events = 0
 
-    def candidates(self, found: set, ascii_text: bool = True) -> list[int]:
-        if not found and (ascii_text or not self.fold):
-            return self.always
-        rules = set(self.always)
+    def candidates(self, text: str, needles_of: Callable[[int], frozenset[str] | None],
+                   cache_dir: Path | None = None) -> list[int]:
+        """Rule positions that may match an event whose lower-cased text is `text`."""
+        own = self._own
+        if own is None:
+            self._events += 1
+            if self._events == PROMOTE_AFTER_EVENTS and len(self.members) >= PROMOTE_MIN_RULES:
+                own = self._own = NeedleIndex(((i, needles_of(i)) for i in sorted(self.members)),
+                                              cache_dir)
+        ascii_text = text.isascii()
+        if own is not None:
+            found = own.scan(text)
+            if not found and (ascii_text or not self.fold):
+                return self.always
+            rules = set(self.always)
+            needle_rules = own.needle_rules
+            for v in found:
+                rules.update(needle_rules[v])
+        else:
+            found = self._index.scan(text)
+            if not found and (ascii_text or not self.fold):
+                return self.always
+            rules = set(self.always)
+            by_needle = self._by_needle
+            for v in found:
+                rs = by_needle.get(v)
+                if rs is None:
+                    members = self.members
+                    rs = by_needle[v] = tuple(i for i in self._index.needle_rules[v] if i in members)
+                rules.update(rs)
         if not ascii_text:
             rules.update(self.fold)
-        by_needle = self._by_needle
-        for v in found:
-            rs = by_needle.get(v)
-            if rs is None:
-                members = self.members
-                rs = by_needle[v] = tuple(i for i in self._index.needle_rules[v] if i in members)
-            rules.update(rs)
         return sorted(rules)

@@ -412,7 +412,9 @@ class Processor:
         if not hits:
             return
         detected_at = iso_utc(self.clock())
-        alerts = [build_alert(hit, event, source=source, detected_at=detected_at) for hit in hits]
+        explain = getattr(self.engine, "explain", None)
+        alerts = [build_alert(hit, event, source=source, detected_at=detected_at,
+                              matched=explain(hit, event) if explain else None) for hit in hits]
         for alert in alerts:
             self.alert_sink.add(alert)
         self.metrics.alerts += len(alerts)
