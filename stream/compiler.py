@@ -362,18 +362,50 @@ def unicode_fold_sensitive(ir: tuple) -> bool:
     return spec is not None and spec[0] == "re" and regex_ignores_case(spec[1], spec[2])
 
 
-def regex_guard(pattern: str, flags: int) -> tuple[str, ...] | None:
-    """Case-exact literals one of which the value must contain before the regex is worth
-    running (a substring test is ~50x cheaper than a failing search)."""
+def regex_guard(pattern: str, flags: int) -> tuple[tuple[str, ...], ...] | None:
+    """Case-exact literal requirements the value must meet before the regex is worth running
+    (substring tests are far cheaper than a failing search): each requirement is a tuple of
+    alternatives, of which the value must contain one; all requirements must hold."""
     try:
         parsed = _sre_parser.parse(pattern, flags)
     except Exception:
         return None
-    found = _seq_needles(list(parsed), 1, lower=False)
-    if not found or (regex_ignores_case(pattern, flags) and any(not ch.isascii() or ch.isalpha()
-                                                                for g in found for ch in g)):
-        return None
-    return tuple(sorted(found))
+    ignorecase = regex_ignores_case(pattern, flags)
+    reqs = []
+    for alternatives in _required_literals(list(parsed)):
+        if ignorecase and any(not ch.isascii() or ch.isalpha() for g in alternatives for ch in g):
+            continue  # re folds case (and Unicode) here; a substring test could wrongly reject
+        if alternatives not in reqs:
+            reqs.append(alternatives)
+    return tuple(reqs) or None
+
+
+def _required_literals(items: list) -> list[tuple[str, ...]]:
+    """Every literal run a match must contain, in the top-level sequence and its groups."""
+    c = _sre_constants
+    out: list[tuple[str, ...]] = []
+    run: list[str] = []
+
+    def end_run() -> None:
+        if run:
+            out.append(("".join(run),))
+            run.clear()
+
+    for op, av in items:
+        if op is c.LITERAL:
+            run.append(chr(av))
+            continue
+        end_run()
+        if op is c.SUBPATTERN:
+            out.extend(_required_literals(list(av[3])))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
+            out.extend(_required_literals(list(av[2])))
+        elif op is c.BRANCH:
+            alts = [_seq_needles(list(branch), 1, lower=False) for branch in av[1]]
+            if all(alts):
+                out.append(tuple(sorted(frozenset().union(*alts))))
+    end_run()
+    return out
 
 
 def _seq_needles(items: list, min_bytes: int = MIN_NEEDLE, lower: bool = True) -> frozenset[str] | None:

@@ -129,17 +129,17 @@ class RegexTimeout(Exception):
 
 
 def regex_pred(pattern: str, flags: int, risky: bool = False,
-               guard: tuple[str, ...] | None = None) -> Pred:
+               guard: tuple[tuple[str, ...], ...] | None = None) -> Pred:
     """Unanchored search on the case-kept value; compiled on first use.
 
-    `guard`: literals of which the value must contain one for the regex to match.
+    `guard`: requirements (tuples of alternative literals) a value must all meet to match.
     """
     if guard:
         inner = regex_pred(pattern, flags, risky)
-        if len(guard) == 1:
-            g = guard[0]
+        if len(guard) == 1 and len(guard[0]) == 1:
+            g = guard[0][0]
             return lambda s: g in s and inner(s)
-        return lambda s: any(g in s for g in guard) and inner(s)
+        return lambda s: all(any(g in s for g in alts) for alts in guard) and inner(s)
     compiled = None
     if risky:
         import regex  # supports a time limit, unlike re
