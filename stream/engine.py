@@ -75,6 +75,7 @@ class Engine:
                  enrich: Callable[[dict], None] | None = None):
         """`enrich`, if given, adds derived fields to each event (in place) before matching."""
         self.errors: list[EngineError] = []
+        self.error_count = 0
         self._enrich = enrich
         self._on_error = on_error
         self.rules: list[CompiledRule] = []
@@ -98,8 +99,13 @@ class Engine:
         self._buckets: dict[tuple[Any, Any], Bucket] = {}
         self._last: tuple[dict, dict] | None = None
 
+    MAX_KEPT_ERRORS = 1000  # a long-running processor keeps the latest ones; error_count counts all
+
     def _error(self, err: EngineError) -> None:
+        self.error_count += 1
         self.errors.append(err)
+        if len(self.errors) > self.MAX_KEPT_ERRORS:
+            del self.errors[: len(self.errors) - self.MAX_KEPT_ERRORS // 2]
         if self._on_error:
             self._on_error(err)
 

@@ -217,3 +217,16 @@ def test_corrupt_needle_database_cache_is_ignored(tmp_path, monkeypatch, corrupt
     assert titles(second.match({"CommandLine": "x needle-3 y"})) == ["r3"]
     assert titles(second.match({"CommandLine": "needle-0 and needle-4"})) == ["r0", "r4"]
     assert second.match({"CommandLine": "nothing"}) == []
+
+
+def test_kept_evaluation_errors_are_bounded():
+    """A long-running processor must not grow its error list without limit."""
+    from stream.engine import Engine, EngineError
+
+    engine = Engine([])
+    rule = load_rule_text(rule_doc("r", {"sel": {"A": "x"}})).rules[0]
+    for i in range(3 * Engine.MAX_KEPT_ERRORS):
+        engine._error(EngineError(rule, f"problem {i}"))
+    assert engine.error_count == 3 * Engine.MAX_KEPT_ERRORS
+    assert len(engine.errors) <= Engine.MAX_KEPT_ERRORS
+    assert engine.errors[-1].reason == f"problem {3 * Engine.MAX_KEPT_ERRORS - 1}"
