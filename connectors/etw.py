@@ -136,7 +136,7 @@ class EtwSource:
 
     def _control(self, code: int) -> tuple[int, Any]:
         """ControlTraceW by session name; (status, EVENT_TRACE_PROPERTIES contents)."""
-        mod = self._mod()
+        self._mod()  # imports pywintrace (a clear error off Windows) before its submodules
         et = importlib.import_module("etw.evntrace")
         props = importlib.import_module("etw.etw").TraceProperties()
         status = et.ControlTraceW(et.TRACEHANDLE(0), self.session_name, props.get(), code)

@@ -65,7 +65,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import orjson
@@ -74,7 +73,7 @@ from kafka import errors as kerrors
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from connectors.spool import Spool, SpoolRecord
-from stream.envelope import encode, host_key, source_of, wrap
+from stream.envelope import encode, host_key, wrap
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import click
 import orjson
 
-from sigstream.cli import EXIT_USAGE, err_console, main
+from sigstream.cli import err_console, main
 
 log = logging.getLogger("sigstream.respond")
 BOOTSTRAP_ENV = "SIGSTREAM_BOOTSTRAP"

@@ -33,7 +33,6 @@ import sys
 import threading
 import types
 import uuid
-from typing import Any
 
 ERROR_SUCCESS = 0
 ERROR_ACCESS_DENIED = 5

@@ -4,7 +4,6 @@ an approval round trip (pending -> `actions approve` -> executed; `actions deny`
 and a forged request rejected over the wire."""
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
