@@ -18,9 +18,6 @@ and stops the broker. Run alone: the broker shares the machine's cores.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,22 +30,9 @@ sys.path.insert(0, str(ROOT))
 from connectors.kafka import (KafkaEventPublisher, KafkaSettings, all_topics,  # noqa: E402
                               best_compression, create_topics)
 from connectors.readers import find_event_files, read_events  # noqa: E402
+from _broker import Broker  # noqa: E402
 
-BROKER_SH = ROOT / "deploy" / "kafka" / "broker.sh"
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "evtx-attack-samples"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def events_from(files: list[Path], target: int):
@@ -102,30 +86,19 @@ def main() -> int:
     n_read = sum(1 for _ in events_from(files, args.events))
     read_s = time.perf_counter() - t
 
-    port, cport = free_ports(2)
-    with tempfile.TemporaryDirectory(prefix="sigstream-bench-") as tmp:
-        env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(cport),
-                   KAFKA_DATA_DIR=str(Path(tmp) / "kafka"), KAFKA_PROBE_PYTHON=sys.executable)
-        print(f"starting broker on 127.0.0.1:{port} ...", file=sys.stderr)
-        res = subprocess.run(["bash", str(BROKER_SH), "start"], env=env, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(f"broker.sh start failed:\n{res.stdout}{res.stderr}", file=sys.stderr)
-            return 1
-        try:
-            settings = KafkaSettings(f"127.0.0.1:{port}", client_id="bench")
-            results = {}
-            for name, source in (("end-to-end", lambda: events_from(files, args.events)),
-                                 ("publish-only", None)):
-                prefix = f"bench{uuid.uuid4().hex[:6]}"
-                create_topics(settings, all_topics(prefix), partitions=3)
-                if source is None:
-                    events = list(events_from(files, args.events))
-                    it = iter(events)
-                else:
-                    it = source()
-                results[name] = run_publish(settings, prefix, it, Path(tmp) / f"spool-{name}")
-        finally:
-            subprocess.run(["bash", str(BROKER_SH), "stop"], env=env, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="sigstream-bench-") as tmp, Broker() as broker:
+        settings = KafkaSettings(broker.bootstrap, client_id="bench")
+        results = {}
+        for name, source in (("end-to-end", lambda: events_from(files, args.events)),
+                             ("publish-only", None)):
+            prefix = f"bench{uuid.uuid4().hex[:6]}"
+            create_topics(settings, all_topics(prefix), partitions=3)
+            if source is None:
+                events = list(events_from(files, args.events))
+                it = iter(events)
+            else:
+                it = source()
+            results[name] = run_publish(settings, prefix, it, Path(tmp) / f"spool-{name}")
 
     print(f"corpus: {len(files)} EVTX files, replicated to {args.events:,} events; "
           f"compression {best_compression()}, acks=all, idempotent")

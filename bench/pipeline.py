@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
+from _broker import Broker  # noqa: E402
 
 from connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaEventPublisher,  # noqa: E402
                               KafkaSettings, KafkaSource, all_topics, create_topics, event_topic_pattern)
@@ -44,7 +44,6 @@ from stream.engine import Engine  # noqa: E402
 from stream.processor import Processor  # noqa: E402
 from stream.rules import RuleSelection, load_rules  # noqa: E402
 
-BROKER_SH = ROOT / "deploy" / "kafka" / "broker.sh"
 SIGMA_DIRS = ("rules/windows", "rules-emerging-threats", "rules-threat-hunting")
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
 LAT_RULE = textwrap.dedent("""
@@ -57,38 +56,6 @@ LAT_RULE = textwrap.dedent("""
       sel: {CommandLine|contains: '-enc'}
       condition: sel
 """)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Broker:
-    def __init__(self) -> None:
-        port, cport = free_ports(2)
-        self.dir = tempfile.mkdtemp(prefix="sigstream-bench-kafka-")
-        self.env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(cport),
-                        KAFKA_DATA_DIR=self.dir, KAFKA_PROBE_PYTHON=sys.executable)
-        self.bootstrap = f"127.0.0.1:{port}"
-
-    def __enter__(self) -> "Broker":
-        r = subprocess.run(["bash", str(BROKER_SH), "start"], env=self.env, capture_output=True, text=True,
-                           timeout=900)
-        if r.returncode != 0:
-            sys.exit(f"broker.sh start failed:\n{r.stdout}\n{r.stderr}")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        subprocess.run(["bash", str(BROKER_SH), "stop"], env=self.env, capture_output=True, timeout=120)
 
 
 def pct(xs: list[float], p: float) -> float:
