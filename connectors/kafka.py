@@ -71,6 +71,7 @@ import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kerrors
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.partitioner.default import murmur2
 
 from connectors.spool import Spool, SpoolRecord
 from stream.envelope import encode, host_key, wrap
@@ -389,6 +390,7 @@ class KafkaRecordProducer:
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []
         self._outstanding = 0
+        self._partitions: dict[bytes, int] = {}
         self.sent = self.acked = 0
 
     def _on_ok(self, _meta: Any) -> None:
@@ -406,7 +408,8 @@ class KafkaRecordProducer:
         if value is None and key is None:
             value = b""
         try:
-            fut = self._producer.send(self.topic, value=value, key=key, headers=list(headers or []))
+            fut = self._producer.send(self.topic, value=value, key=key, headers=list(headers or []),
+                                      partition=self._partition_of(key))
         except Exception as e:  # noqa: BLE001 - metadata timeout, record too large, ...
             with self._lock:
                 self._failures.append((self.topic, _describe(e)))
@@ -416,6 +419,20 @@ class KafkaRecordProducer:
             self.sent += 1
         fut.add_callback(self._on_ok)
         fut.add_errback(self._on_err)
+
+    def _partition_of(self, key: bytes | None) -> int | None:
+        """The default partitioner's choice, remembered per key: kafka-python hashes every
+        record's key in pure Python, and alerts repeat a few host keys."""
+        if key is None:
+            return None
+        part = self._partitions.get(key)
+        if part is None:
+            parts = self._producer.partitions_for(self.topic)
+            if not parts:
+                return None
+            ordered = sorted(parts)
+            part = self._partitions[key] = ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
+        return part
 
     def flush(self, timeout_s: float | None = 30) -> None:
         """Block until every record sent so far is acknowledged; DeliveryError otherwise."""
