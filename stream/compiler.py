@@ -371,8 +371,9 @@ def regex_guard(pattern: str, flags: int) -> tuple[tuple[str, ...], ...] | None:
     except Exception:
         return None
     ignorecase = regex_ignores_case(pattern, flags)
-    reqs = []
-    for alternatives in _required_literals(list(parsed)):
+    reqs: list[tuple[str, ...]] = []
+    for found in _required_literals(list(parsed)):
+        alternatives = tuple(sorted(found))
         if ignorecase and any(not ch.isascii() or ch.isalpha() for g in alternatives for ch in g):
             continue  # re folds case (and Unicode) here; a substring test could wrongly reject
         if alternatives not in reqs:
@@ -380,15 +381,19 @@ def regex_guard(pattern: str, flags: int) -> tuple[tuple[str, ...], ...] | None:
     return tuple(reqs) or None
 
 
-def _required_literals(items: list) -> list[tuple[str, ...]]:
-    """Every literal run a match must contain, in the top-level sequence and its groups."""
+def _required_literals(items: list, min_bytes: int = 1,
+                       lower: bool = False) -> list[frozenset[str]]:
+    """Every literal requirement a match must meet, from the top-level sequence and its
+    groups: each a set of alternatives (one for a literal run; the branches' best needles
+    for an alternation), of which the matched text contains one."""
     c = _sre_constants
-    out: list[tuple[str, ...]] = []
+    out: list[frozenset[str]] = []
     run: list[str] = []
 
     def end_run() -> None:
         if run:
-            out.append(("".join(run),))
+            text = "".join(run)
+            out.append(frozenset((text.lower() if lower else text,)))
             run.clear()
 
     for op, av in items:
@@ -397,48 +402,24 @@ def _required_literals(items: list) -> list[tuple[str, ...]]:
             continue
         end_run()
         if op is c.SUBPATTERN:
-            out.extend(_required_literals(list(av[3])))
+            out.extend(_required_literals(list(av[3]), min_bytes, lower))
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
-            out.extend(_required_literals(list(av[2])))
+            out.extend(_required_literals(list(av[2]), min_bytes, lower))
         elif op is c.BRANCH:
-            alts = [_seq_needles(list(branch), 1, lower=False) for branch in av[1]]
+            alts = [_seq_needles(list(branch), min_bytes, lower) for branch in av[1]]
             if all(alts):
-                out.append(tuple(sorted(frozenset().union(*alts))))
+                out.append(frozenset().union(*alts))
     end_run()
     return out
 
 
 def _seq_needles(items: list, min_bytes: int = MIN_NEEDLE, lower: bool = True) -> frozenset[str] | None:
-    c = _sre_constants
+    """The best-scoring requirement whose literals are all at least `min_bytes` long."""
     best: frozenset[str] | None = None
-    run: list[str] = []
-
-    def consider(cand: frozenset[str] | None) -> None:
-        nonlocal best
-        if cand is not None and all(len(n.encode("utf-8")) >= min_bytes for n in cand) and (
+    for cand in _required_literals(items, min_bytes, lower):
+        if all(len(n.encode("utf-8")) >= min_bytes for n in cand) and (
                 best is None or _needle_score(cand) > _needle_score(best)):
             best = cand
-
-    def end_run() -> None:
-        if run:
-            text = "".join(run)
-            consider(frozenset((text.lower() if lower else text,)))
-            run.clear()
-
-    for op, av in items:
-        if op is c.LITERAL:
-            run.append(chr(av))
-            continue
-        end_run()
-        if op is c.SUBPATTERN:
-            consider(_seq_needles(list(av[3]), min_bytes, lower))
-        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
-            consider(_seq_needles(list(av[2]), min_bytes, lower))
-        elif op is c.BRANCH:
-            alts = [_seq_needles(list(branch), min_bytes, lower) for branch in av[1]]
-            if all(a is not None for a in alts):
-                consider(frozenset().union(*alts))
-    end_run()
     return best
 
 
