@@ -73,6 +73,7 @@ from kafka import errors as kerrors
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.partitioner.default import murmur2
 
+from connectors.message import Message
 from connectors.spool import Spool, SpoolRecord
 from stream.envelope import encode, host_key, wrap
 
@@ -279,18 +280,6 @@ def create_topics(settings: KafkaSettings, names: list[str], partitions: int = 3
 # consumer side
 # --------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class Message:
-    """One consumed record, free of kafka-python types."""
-    value: bytes | None
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    headers: list[tuple[str, bytes]]
-
-
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, owner: "KafkaSource"):
         self.owner = owner
@@ -452,16 +441,11 @@ class KafkaRecordProducer:
         _close_producer(self._producer, timeout_s)
 
 
-class KafkaAlertSink:
-    """AlertSink (connectors.sinks) writing alerts to Kafka: key = host, value = JSON."""
+class _ProducerSink:
+    """A sink over one KafkaRecordProducer: flush() waits for acks, close() flushes first."""
 
-    def __init__(self, settings: KafkaSettings, topic: str = ALERTS_TOPIC, **producer_kw: Any):
+    def __init__(self, settings: KafkaSettings, topic: str, **producer_kw: Any):
         self.producer = KafkaRecordProducer(settings, topic, **producer_kw)
-
-    def add(self, alert: dict[str, Any]) -> None:
-        host = alert.get("host")
-        key = str(host).encode("utf-8", "surrogatepass") if host else None
-        self.producer.send(orjson.dumps(alert, default=str), key)
 
     def flush(self) -> None:
         self.producer.flush()
@@ -473,13 +457,25 @@ class KafkaAlertSink:
             self.producer.close()
 
 
-class KafkaDeadLetterSink:
+class KafkaAlertSink(_ProducerSink):
+    """AlertSink (connectors.sinks) writing alerts to Kafka: key = host, value = JSON."""
+
+    def __init__(self, settings: KafkaSettings, topic: str = ALERTS_TOPIC, **producer_kw: Any):
+        super().__init__(settings, topic, **producer_kw)
+
+    def add(self, alert: dict[str, Any]) -> None:
+        host = alert.get("host")
+        key = str(host).encode("utf-8", "surrogatepass") if host else None
+        self.producer.send(orjson.dumps(alert, default=str), key)
+
+
+class KafkaDeadLetterSink(_ProducerSink):
     """Unusable messages, as they were, to the dead-letter topic with their origin in headers:
     ``reason``, ``source_topic``, ``source_partition``, ``source_offset`` (UTF-8), after the
     original headers."""
 
     def __init__(self, settings: KafkaSettings, topic: str = DLQ_TOPIC, **producer_kw: Any):
-        self.producer = KafkaRecordProducer(settings, topic, **producer_kw)
+        super().__init__(settings, topic, **producer_kw)
 
     def add(self, msg: Message, reason: str) -> None:
         headers = [(k, v) for k, v in msg.headers if k not in
@@ -489,15 +485,6 @@ class KafkaDeadLetterSink:
                     ("source_partition", str(msg.partition).encode()),
                     ("source_offset", str(msg.offset).encode())]
         self.producer.send(msg.value, msg.key, headers)
-
-    def flush(self) -> None:
-        self.producer.flush()
-
-    def close(self) -> None:
-        try:
-            self.producer.flush()
-        finally:
-            self.producer.close()
 
 
 # --------------------------------------------------------------------------

@@ -20,35 +20,16 @@ import re
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import orjson
+
+from connectors.message import Headers, Message
 
 EVENTS_TOPIC_PREFIX = "sigstream.events."
 EVENTS_TOPIC_PATTERN = r"sigstream\.events\..*"
 ALERTS_TOPIC = "sigstream.alerts"
 DLQ_TOPIC = "sigstream.dlq"
-
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    value: bytes | None
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    headers: Headers = field(default_factory=list)
-
-    def header(self, name: str) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
 
 def partition_for(key: bytes | None, partitions: int, counter: int) -> int:
     if key is None:
