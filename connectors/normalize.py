@@ -63,23 +63,26 @@ _FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=_UTC)
 # small helpers
 # --------------------------------------------------------------------------
 
+def int_of_text(v: str) -> Any:
+    """``"4104"``, ``"-1"``, ``"0x10"`` -> int; any other text unchanged."""
+    s = v.strip()
+    if s.isdigit() or (s[:1] == "-" and s[1:].isdigit()):
+        return int(s)
+    if s[:2] in ("0x", "0X"):
+        try:
+            return int(s, 16)
+        except ValueError:
+            return v
+    return v
+
+
 def _to_int(v: Any) -> Any:
     """int for int-like values (``4104``, ``"4104"``, ``"0x10"``); else unchanged."""
     t = type(v)
     if t is int:
         return v
     if t is str:
-        s = v.strip()
-        if s.isdigit():
-            return int(s)
-        if s[:1] == "-" and s[1:].isdigit():
-            return int(s)
-        if s[:2] in ("0x", "0X"):
-            try:
-                return int(s, 16)
-            except ValueError:
-                return v
-        return v
+        return int_of_text(v)
     if t is float and v.is_integer():
         return int(v)
     if t is dict:  # {"#attributes": {...}, "#text": 4624}

@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from connectors.normalize import NormalizeError, normalize, to_utc_iso
+from connectors.normalize import NormalizeError, int_of_text, normalize, to_utc_iso
 
 __all__ = [
     "PROVIDERS", "INT_FIELDS", "translate_registry_path", "filetime_to_iso",
@@ -118,17 +118,8 @@ def filetime_to_iso(ft: Any) -> Any:
 
 
 def _as_int(v: Any) -> Any:
-    if type(v) is int or not isinstance(v, str):
-        return v
-    s = v.strip()
-    if s.isdigit() or (s[:1] == "-" and s[1:].isdigit()):
-        return int(s)
-    if s[:2] in ("0x", "0X"):
-        try:
-            return int(s, 16)
-        except ValueError:
-            return v
-    return v
+    """pywintrace gives every value as text: numeric text -> int, anything else unchanged."""
+    return int_of_text(v) if isinstance(v, str) else v
 
 
 def finish(ev: dict) -> dict:
