@@ -12,18 +12,13 @@ import re
 from typing import Any
 
 from stream.alert_context import process_of, registry_of, severity
-from stream.attack_names import tactic_name, technique_name
+from stream.attack_names import TACTIC_NAMES, tactic_name, technique_name
 from stream.engine import CompiledRule
 from stream.envelope import event_fingerprint
 
 _TECHNIQUE = re.compile(r"^attack\.(t\d{4}(?:\.\d{3})?)$", re.IGNORECASE)
-TACTICS = {
-    "reconnaissance": "TA0043", "resource_development": "TA0042", "initial_access": "TA0001",
-    "execution": "TA0002", "persistence": "TA0003", "privilege_escalation": "TA0004",
-    "defense_evasion": "TA0005", "credential_access": "TA0006", "discovery": "TA0007",
-    "lateral_movement": "TA0008", "collection": "TA0009", "command_and_control": "TA0011",
-    "exfiltration": "TA0010", "impact": "TA0040",
-}
+# "attack.defense-evasion" / "attack.defense_evasion" -> TA0005, from the one names table
+TACTICS = {name.lower().replace(" ", "_"): tid for tid, name in TACTIC_NAMES.items()}
 
 
 def attack_of(tags: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
