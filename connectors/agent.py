@@ -130,6 +130,11 @@ class AgentConfig:
         if self.spool_dir is None:
             self.spool_dir = Path(self.state_dir) / "spool"
 
+    def kafka_settings(self) -> Any:
+        """connectors.kafka.KafkaSettings from the `kafka:` section (unset keys: defaults)."""
+        from connectors.kafka import KafkaSettings
+        return KafkaSettings(**{k: v for k, v in self.kafka.items() if v is not None})
+
 
 _TOP_KEYS = {"host_id", "computer_name", "state_dir", "sources", "kafka", "spool", "queue", "budget",
              "filters", "health", "logging", "actions"}
@@ -505,10 +510,9 @@ class StreamSink:
 def make_sink(spec: str | None, cfg: AgentConfig) -> Any:
     """``None``/``kafka`` -> KafkaEventPublisher; ``stdout``; ``file://PATH``."""
     if spec in (None, "", "kafka"):
-        from connectors.kafka import KafkaEventPublisher, KafkaSettings
-        settings = KafkaSettings(**{k: v for k, v in cfg.kafka.items() if v is not None})
+        from connectors.kafka import KafkaEventPublisher
         Path(cfg.spool_dir).mkdir(parents=True, exist_ok=True)
-        return KafkaEventPublisher(settings, collector_id=cfg.host_id, spool_dir=cfg.spool_dir,
+        return KafkaEventPublisher(cfg.kafka_settings(), collector_id=cfg.host_id, spool_dir=cfg.spool_dir,
                                    spool_max_bytes=cfg.spool_max_bytes, topic_prefix=cfg.topic_prefix)
     if spec == "stdout":
         return StreamSink(sys.stdout.buffer, cfg.host_id)
@@ -762,7 +766,7 @@ class Agent:
                 log.warning("actions need the Kafka sink; response side not started")
             else:
                 from connectors.agent_actions import ActionRunner
-                self.actions = ActionRunner(self.cfg.actions, self.cfg.computer_name, self.cfg.kafka,
+                self.actions = ActionRunner(self.cfg.actions, self.cfg.computer_name, self.cfg.kafka_settings(),
                                             self.cfg.topic_prefix, Path(self.cfg.state_dir) / "actions").start()
         started = []
         try:

@@ -32,14 +32,12 @@ class ActionsConfig:
 class ActionRunner:
     """A thread running connectors.executor.run_loop until stop()."""
 
-    def __init__(self, cfg: ActionsConfig, host: str, kafka: dict[str, Any], topic_prefix: str,
+    def __init__(self, cfg: ActionsConfig, host: str, settings: Any, topic_prefix: str,
                  state_dir: Path):
         from connectors.executor import DryRunExecutor, EndpointExecutor, SeenStore
-        from connectors.kafka import (KafkaRecordProducer, KafkaSettings, KafkaSource,
-                                      action_results_topic, actions_topic)
+        from connectors.kafka import KafkaRecordProducer, KafkaSource, action_results_topic, actions_topic
         from stream.actions import load_keyring
 
-        settings = KafkaSettings(**{k: v for k, v in kafka.items() if v is not None})
         state_dir.mkdir(parents=True, exist_ok=True)
         self.watchdog = None
         if cfg.dry_run or sys.platform != "win32":

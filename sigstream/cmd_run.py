@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from connectors.memory import ALERTS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC_PATTERN
 from sigstream.cli import EXIT_USAGE, _load, err_console, main, rule_options
 from sigstream.render import LEVEL_RANK, LEVEL_STYLE, summary_table, what
 from stream.rules import LEVELS, find_rule_files
@@ -33,9 +34,6 @@ log = logging.getLogger("sigstream.run")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "samples"
 BUNDLED_RULES = REPO_ROOT / "sigma_rules"
-EVENTS_TOPIC_PATTERN = r"sigstream\.events\..*"
-ALERTS_TOPIC = "sigstream.alerts"
-DLQ_TOPIC = "sigstream.dlq"
 DEFAULT_GROUP = "sigstream-processor"
 BOOTSTRAP_ENV = "SIGSTREAM_BOOTSTRAP"
 EXIT_FAILURE = 1

@@ -181,3 +181,29 @@ def test_forged_and_replayed_requests_are_rejected_over_the_wire(env):
     assert any("not JSON" in s[2] for s in statuses)
     found = _results(settings, {legit.action_id, expired.action_id})
     assert found[expired.action_id]["status"] == "rejected"
+
+
+def test_agent_action_runner_executes_signed_request(env):
+    """The agent's response side (connectors.agent_actions, started by `actions: enabled`):
+    a signed request for its host on the actions topic -> dry-run executor -> action-results."""
+    from connectors.agent_actions import ActionRunner, ActionsConfig
+
+    settings, alerts_topic, host, policy, tmp = env
+    sink = KafkaAlertSink(settings, alerts_topic)
+    alert = _sample_alert(host)
+    sink.add(alert)
+    sink.close()
+    out = _cli("respond", "--policy", str(policy), "--topic", alerts_topic, "--from-beginning",
+               "--state", str(tmp / "approvals.sqlite"), "--group", f"it-respond-{uuid.uuid4().hex[:6]}",
+               "--max-alerts", "1", "--timeout", "30")
+    decisions = {d["type"]: d for d in (json.loads(x) for x in out.splitlines() if x.startswith("{"))}
+    kill_id = decisions["kill_process"]["action_id"]
+
+    runner = ActionRunner(ActionsConfig(enabled=True, dry_run=True), host, settings, "sigstream",
+                          tmp / "agent-actions").start()
+    try:
+        found = _results(settings, {kill_id})
+    finally:
+        runner.stop()
+    assert found[kill_id]["status"] == "ok" and found[kill_id]["executor"] == "dry-run"
+    assert found[kill_id]["alert_id"] == alert["alert_id"]
