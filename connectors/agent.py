@@ -270,6 +270,12 @@ def config_from_dict(doc: dict) -> AgentConfig:
             enabled=bool(a.get("enabled", False)), keys=a.get("keys"),
             dry_run=bool(a.get("dry_run", True)), keep_open=[str(x) for x in a.get("keep_open") or []],
             rollback_after_s=float(a.get("rollback_after_s", 900.0)))
+        if kw["actions"].enabled:  # fail at start-up, not when the first request arrives
+            from stream.actions import load_keyring
+            try:
+                load_keyring(kw["actions"].keys)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"actions: no usable signing key: {e}") from None
 
     h = _section(doc, "health", {"enabled", "listen"})
     if "enabled" in h:

@@ -270,3 +270,17 @@ def test_stream_sink_writes_envelopes(tmp_path):
     s.publish({"EventID": 1, "Channel": R.SYSMON_CHANNEL, "Computer": "h", "EventRecordID": 1})
     env = orjson.loads(buf.getvalue())
     assert env["source"] == "sysmon" and env["event"]["EventID"] == 1
+
+
+def test_actions_enabled_without_a_key_is_a_config_error(monkeypatch, tmp_path):
+    """The response side needs a signing key: a missing one is reported at load, clearly."""
+    from connectors.agent import ConfigError, config_from_dict
+
+    for var in ("SIGSTREAM_ACTION_KEY", "SIGSTREAM_ACTION_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="actions: no usable signing key"):
+        config_from_dict({"actions": {"enabled": True}})
+    with pytest.raises(ConfigError, match="actions: no usable signing key"):
+        config_from_dict({"actions": {"enabled": True, "keys": str(tmp_path / "missing.keys")}})
+    cfg = config_from_dict({"actions": {"enabled": False}})
+    assert cfg.actions is not None and not cfg.actions.enabled
