@@ -6,6 +6,7 @@ pywin32 ``win32evtlog`` / ``win32event``), replaying recorded events on Linux.
 from __future__ import annotations
 
 import sys
+import time
 
 
 def install(monkeypatch) -> tuple:
@@ -19,3 +20,13 @@ def install(monkeypatch) -> tuple:
     monkeypatch.setitem(sys.modules, "win32evtlog", win32evtlog)
     monkeypatch.setitem(sys.modules, "win32event", win32event)
     return etw, win32evtlog, win32event
+
+
+def wait_until(pred, timeout: float = 5.0) -> bool:
+    """Poll `pred` until it holds (True) or `timeout` seconds pass (False): sources run threads."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False

@@ -14,21 +14,13 @@ import yaml
 from click.testing import CliRunner
 
 import fakes
+from fakes import wait_until
 from connectors.agent import (Agent, ConfigError, EventQueue, JsonLogFormatter, StreamSink, TokenBucket,
                               config_from_dict, load_config, rss_bytes)
 from fakes import recordings as R
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / "windows" / "agent.example.yaml"
-
-
-def _wait(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def base_cfg(tmp_path, **over):
@@ -161,7 +153,7 @@ def test_agent_fake_sources_to_sink_with_filters_and_health(monkeypatch, tmp_pat
     agent = Agent(cfg, sink=sink)
     agent.start()
     try:
-        assert _wait(lambda: len(sink.events) >= 9 and agent.health()["filtered"] == 2)
+        assert wait_until(lambda: len(sink.events) >= 9 and agent.health()["filtered"] == 2)
         url = f"http://127.0.0.1:{agent.health_port}/health"
         doc = json.loads(urllib.request.urlopen(url, timeout=5).read())
         assert doc["status"] == "ok" and doc["host_id"] == "WKS-FIN-042"
@@ -192,7 +184,7 @@ def test_slow_publisher_sheds_realtime_events_counts_and_reports(monkeypatch, tm
     agent = Agent(cfg, sink=sink)
     agent.start()
     try:
-        assert _wait(lambda: etw.running_sessions()[0].replayed.is_set(), 10)
+        assert wait_until(lambda: etw.running_sessions()[0].replayed.is_set(), 10)
         h = agent.health()
         assert h["dropped"] > 0 and h["sources"]["etw"]["dropped"] == h["dropped"]
         assert h["sources"]["etw"]["received"] == 30
@@ -212,7 +204,7 @@ def test_eventlog_backpressure_loses_nothing(monkeypatch, tmp_path):
     agent = Agent(cfg, sink=sink)
     agent.start()
     try:
-        assert _wait(lambda: len(sink.events) == 200, 10)
+        assert wait_until(lambda: len(sink.events) == 200, 10)
     finally:
         agent.shutdown()
     assert [e["EventRecordID"] for e in sink.events] == list(range(1, 201))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import pytest
 
 import fakes
+from fakes import wait_until
 from connectors.etw import KNOWN_PROVIDERS, SESSION_NAME, EtwSource, EtwUnavailable, load_etw
 from connectors.winevent import filetime_to_iso, normalize_etw, translate_registry_path
 from fakes import recordings as R
@@ -26,15 +26,6 @@ def _source(fake_etw, providers=("powershell", "powershell-core"), emit=None):
     got: list = []
     src = EtwSource([KNOWN_PROVIDERS[p] for p in providers], emit or got.append, HOST)
     return src, got
-
-
-def _wait(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 # ---------------------------------------------------------------- normalisation --
@@ -160,7 +151,7 @@ def test_fixed_session_name_and_events_delivered(fake):
     src.start()
     try:
         assert list(fake.SESSIONS) == [SESSION_NAME]
-        assert _wait(lambda: fake.running_sessions() and fake.running_sessions()[0].replayed.is_set())
+        assert wait_until(lambda: fake.running_sessions() and fake.running_sessions()[0].replayed.is_set())
         # PowerShell (4104 x4, 4103) and PowerShellCore; the Sysmon record is not subscribed
         assert [(e["Provider_Name"], e["EventID"]) for e in got] == [
             ("Microsoft-Windows-PowerShell", 4104)] * 4 + [("Microsoft-Windows-PowerShell", 4103),
@@ -243,7 +234,7 @@ def test_error_in_callback_consumer_does_not_kill_the_session(fake):
     src = EtwSource([EtwProvider("Microsoft-Windows-PowerShell", R.PS_GUID, 5)], got.append, HOST)
     src.start()
     try:
-        assert _wait(lambda: fake.running_sessions()[0].replayed.is_set())
+        assert wait_until(lambda: fake.running_sessions()[0].replayed.is_set())
         assert [e["EventID"] for e in got] == [4104, 4103]
         assert src.stats()["parse_errors"] == 1
         assert not [c for c in fake.CALLS if c[0] == "callback_error"]
@@ -279,7 +270,7 @@ def test_slow_emit_runs_on_the_consumer_thread(fake):
     src, _ = _source(fake, emit=lambda ev: seen.append(threading.current_thread().name))
     src.start()
     try:
-        assert _wait(lambda: seen)
+        assert wait_until(lambda: seen)
         assert seen[0] != threading.main_thread().name
     finally:
         src.stop()
@@ -293,6 +284,6 @@ def test_real_pywintrace_session_roundtrip():   # pragma: no cover - needs Windo
     try:
         import subprocess
         subprocess.run(["powershell.exe", "-NoProfile", "-Command", "Write-Output sigstream-etw-test"], check=True)
-        assert _wait(lambda: any("sigstream-etw-test" in str(e.get("ScriptBlockText")) for e in got), 20)
+        assert wait_until(lambda: any("sigstream-etw-test" in str(e.get("ScriptBlockText")) for e in got), 20)
     finally:
         src.stop()

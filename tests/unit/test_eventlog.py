@@ -2,11 +2,11 @@
 EvtRender XML normalisation (connectors/winevent.py)."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 import fakes
+from fakes import wait_until
 from connectors.eventlog import EventLogSource, bookmark_record_id, bookmark_xml
 from connectors.normalize import NormalizeError
 from connectors.winevent import parse_event_xml
@@ -19,15 +19,6 @@ CH = R.SYSMON_CHANNEL
 def fake(monkeypatch):
     _, evtlog, _ = fakes.install(monkeypatch)
     return evtlog
-
-
-def _wait(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def sysmon(rid, eid=13):
@@ -57,7 +48,7 @@ class Collector:
 def _run(fake, tmp_path, collector, n_expected, **kw):
     src = EventLogSource(CH, collector, tmp_path, wait_ms=20, persist_interval_s=0.0, **kw)
     src.start()
-    assert _wait(lambda: len(collector.events) >= n_expected), collector.rids
+    assert wait_until(lambda: len(collector.events) >= n_expected), collector.rids
     return src
 
 
@@ -169,7 +160,7 @@ def test_restart_resumes_after_last_record_no_duplicates_no_gaps(fake, tmp_path)
     # and live events keep coming while running
     for rid in range(81, 91):
         fake.write(CH, sysmon(rid))
-    assert _wait(lambda: len(c2.events) >= 40)
+    assert wait_until(lambda: len(c2.events) >= 40)
     src2.stop()
     all_rids = c1.rids + c2.rids
     assert all_rids == list(range(1, 91)), "no duplicates, no gaps"
@@ -197,9 +188,9 @@ def test_start_at_future_without_bookmark(fake, tmp_path):
     c = Collector()
     src = EventLogSource(CH, c, tmp_path, wait_ms=20, persist_interval_s=0, start_at="future")
     src.start()
-    assert _wait(lambda: fake.CALLS)
+    assert wait_until(lambda: fake.CALLS)
     fake.write(CH, sysmon(2))
-    assert _wait(lambda: c.events)
+    assert wait_until(lambda: c.events)
     src.stop()
     assert c.rids == [2]
 
@@ -235,7 +226,7 @@ def test_missing_channel_is_retried_not_fatal(fake, tmp_path):
     c = Collector()
     src = EventLogSource(CH, c, tmp_path, wait_ms=20, persist_interval_s=0)
     src.start()
-    assert _wait(lambda: src.stats()["resubscribes"] >= 1)
+    assert wait_until(lambda: src.stats()["resubscribes"] >= 1)
     assert src.running
     src.stop()
 
@@ -246,7 +237,7 @@ def test_real_sysmon_channel_subscription(tmp_path):  # pragma: no cover - needs
     src = EventLogSource(CH, c, tmp_path, start_at="oldest")
     src.start()
     try:
-        assert _wait(lambda: c.events, 20)
+        assert wait_until(lambda: c.events, 20)
         assert c.events[0]["Channel"] == CH
     finally:
         src.stop()
