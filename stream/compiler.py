@@ -1,8 +1,8 @@
 """Compile a detection's IR (stream.ir) into one Python callable.
 
 A matcher is `match(event, low) -> bool` where `event` is the flat event and
-`low` maps each scalar field to its lower-cased text (built once per event by
-the engine). Compilation merges OR-lists of string values on one field into a
+`low` is its `LowerCased` view: each scalar field's lower-cased text, computed
+on first use and shared by all rules evaluated on the event. Compilation merges OR-lists of string values on one field into a
 single predicate (set lookup, startswith/endswith tuples, one alternation) and
 orders AND children so cheap, selective checks run first.
 
@@ -12,7 +12,6 @@ prefilter uses them to skip rules.
 """
 from __future__ import annotations
 
-import functools
 import re
 import re._constants as _sre_constants
 import re._parser as _sre_parser
@@ -26,6 +25,32 @@ MISSING = object()
 STRING_KINDS = ("eq", "contains", "startswith", "endswith")
 ROUTING_FIELDS = frozenset({"Channel", "EventID"})
 MIN_NEEDLE = 3
+
+
+class LowerCased(dict):
+    """field -> lower-cased text of the event's scalar value (None: absent, null or nested).
+
+    Filled lazily: an event is lowered only in the fields its candidate rules read.
+    """
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: dict):
+        self.event = event
+
+    def __missing__(self, field: str) -> str | None:
+        v = self.event.get(field)
+        t = type(v)
+        if t is str:
+            s = v.lower()
+        elif t is int or t is float:
+            s = str(v)
+        elif t is bool:
+            s = "true" if v else "false"
+        else:
+            s = None
+        self[field] = s
+        return s
 
 
 def compile_detection(ir: tuple) -> Matcher:
@@ -184,7 +209,7 @@ def keyword_matcher(spec: tuple) -> Matcher:
 
 def _low_field(field: str, pred: V.Pred) -> Matcher:
     def match(ev: dict, low: dict) -> bool:
-        s = low.get(field)
+        s = low[field]
         if s is not None:
             return pred(s)
         return _slow(ev, field, pred, True)
@@ -240,11 +265,12 @@ def _leaves(v: Any):
 
 def _low_keyword(pred: V.Pred) -> Matcher:
     def match(ev: dict, low: dict) -> bool:
-        for s in low.values():
-            if pred(s):
-                return True
-        for v in ev.values():
-            if type(v) in (dict, list):
+        for k, v in ev.items():
+            if type(v) not in (dict, list):
+                s = low[k]
+                if s is not None and pred(s):
+                    return True
+            else:
                 for leaf in _leaves(v):
                     if pred(V.text_of(leaf).lower()):
                         return True
@@ -263,7 +289,7 @@ def _raw_keyword(pred: V.Pred) -> Matcher:
 
 def _fieldref(field: str, other: str, starts: bool, ends: bool) -> Matcher:
     def scalar(ev: dict, low: dict, name: str) -> str | None:
-        s = low.get(name)
+        s = low[name]
         if s is None:
             v = _lookup(ev, name)
             if v is MISSING or v is None or type(v) in (dict, list):
@@ -288,45 +314,67 @@ def _fieldref(field: str, other: str, starts: bool, ends: bool) -> Matcher:
 
 # --- prefilter needles ------------------------------------------------------------------
 
+# How needles depend on `re`'s Unicode case folding, which str.lower() lacks: a needle
+# taken from a case-insensitive regex can be missing from the lower-cased text of a value
+# the regex matches ("ſ" matches "s", "ı" and "İ" match "i"; Greek "ς" matches "σ"...).
+FOLD_NONE, FOLD_ASCII, FOLD_UNICODE = 0, 1, 2  # ASCII needles only see the few chars below
+ASCII_FOLD_CHARS = "\u0130\u0131\u017f\u212a"  # non-ASCII chars re(?i) equates with ASCII letters
+
+
 def needles(ir: tuple) -> frozenset[str] | None:
     """Literals of which one must appear in the event text if the rule matches."""
+    return _needles(ir)[0]
+
+
+def needle_folding(ir: tuple) -> int:
+    """FOLD_NONE, FOLD_ASCII or FOLD_UNICODE: whether the needles of `ir` come from a
+    case-insensitive regex, and then whether any of them is non-ASCII."""
+    return _needles(ir)[1]
+
+
+def _needles(ir: tuple) -> tuple[frozenset[str] | None, int]:
     kind = ir[0]
     if kind == "and":
-        best: frozenset[str] | None = None
+        best: tuple[frozenset[str] | None, int] = (None, FOLD_NONE)
         for c in ir[1]:
-            n = needles(c)
-            if n is not None and (best is None or _needle_score(n) > _needle_score(best)):
+            n = _needles(c)
+            if n[0] is not None and (best[0] is None or _needle_score(n[0]) > _needle_score(best[0])):
                 best = n
         return best
     if kind == "or":
         acc: set[str] = set()
+        fold = FOLD_NONE
         for c in ir[1]:
-            n = needles(c)
+            n, f = _needles(c)
             if n is None:
-                return None
+                return None, FOLD_NONE
             acc |= n
-        return frozenset(acc)
+            fold = max(fold, f)
+        return frozenset(acc), fold
     if kind == "field":
         if ir[1] in ROUTING_FIELDS:
-            return None
+            return None, FOLD_NONE
         return _spec_needle(ir[2])
     if kind == "kw":
         return _spec_needle(ir[1])
     if kind == "const" and ir[1] is False:
-        return frozenset()  # never matches: no needle needed
-    return None
+        return frozenset(), FOLD_NONE  # never matches: no needle needed
+    return None, FOLD_NONE
 
 
-def _spec_needle(spec: tuple) -> frozenset[str] | None:
+def _spec_needle(spec: tuple) -> tuple[frozenset[str] | None, int]:
     if spec[0] in STRING_KINDS:
         text = spec[1].lower()
     elif spec[0] == "wild":
         text = spec[2].lower()
     elif spec[0] == "re":
-        return regex_needles(spec[1], spec[2])
+        found = regex_needles(spec[1], spec[2])
+        if found is None or not regex_ignores_case(spec[1], spec[2]):
+            return found, FOLD_NONE
+        return found, FOLD_ASCII if all(n.isascii() for n in found) else FOLD_UNICODE
     else:
-        return None
-    return frozenset((text,)) if _useful(text) else None
+        return None, FOLD_NONE
+    return (frozenset((text,)) if _useful(text) else None), FOLD_NONE
 
 
 def _useful(needle: str) -> bool:
@@ -349,17 +397,6 @@ _INLINE_IGNORECASE = re.compile(r"\(\?[aiLmsux]*i[aiLmsux]*[:)]")
 def regex_ignores_case(pattern: str, flags: int) -> bool:
     """re.IGNORECASE given as a flag, or inline anywhere, global `(?i)` or scoped `(?i:...)`."""
     return bool(flags & re.IGNORECASE) or bool(_INLINE_IGNORECASE.search(pattern))
-
-
-def unicode_fold_sensitive(ir: tuple) -> bool:
-    """Does the rule hold a case-insensitive regex (whose Unicode folding str.lower() lacks)?"""
-    kind = ir[0]
-    if kind in ("and", "or"):
-        return any(unicode_fold_sensitive(c) for c in ir[1])
-    if kind == "not":
-        return unicode_fold_sensitive(ir[1])
-    spec = ir[2] if kind == "field" else ir[1] if kind == "kw" else None
-    return spec is not None and spec[0] == "re" and regex_ignores_case(spec[1], spec[2])
 
 
 def regex_guard(pattern: str, flags: int) -> tuple[tuple[str, ...], ...] | None:
@@ -442,40 +479,60 @@ def _needle_score(n: frozenset[str]) -> tuple[int, int, int]:
 
 # --- explanations -----------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=65536)
-def _cached_matcher(node: tuple) -> Matcher:
-    """Explanations run per alert: compile each leaf once (IR tuples are hashable)."""
-    return compile_detection(node)
+Explainer = Callable[[dict, dict], list[dict]]
+_Step = Callable[[dict, dict, list], bool]
+
+
+def compile_explainer(ir: tuple) -> Explainer:
+    """IR -> `explain(event, low)`: the positive leaves that hold for the event (which
+    selection/field/value matched). Compiled once per alerting rule, run per alert."""
+    step = _explain_step(ir)
+
+    def explain_event(ev: dict, low: dict) -> list[dict]:
+        out: list[dict] = []
+        step(ev, low, out)
+        return out
+    return explain_event
 
 
 def explain(ir: tuple, ev: dict, low: dict) -> list[dict]:
-    """The positive leaves that hold for this event: which selection/field/value matched."""
-    out: list[dict] = []
-    _explain(ir, ev, low, out)
-    return out
+    """compile_explainer(ir)(ev, low), for one-off use."""
+    return compile_explainer(ir)(ev, low)
 
 
-def _explain(node: tuple, ev: dict, low: dict, out: list[dict]) -> bool:
+def _explain_step(node: tuple) -> _Step:
     kind = node[0]
     if kind in ("and", "or"):
-        mark = len(out)
-        results = [_explain(c, ev, low, out) for c in node[1]]
-        ok = all(results) if kind == "and" else any(results)
-        if not ok:
-            del out[mark:]
-        return ok
+        children = tuple(_explain_step(c) for c in node[1])
+        combine = all if kind == "and" else any
+
+        def group(ev: dict, low: dict, out: list) -> bool:
+            mark = len(out)
+            ok = combine([c(ev, low, out) for c in children])  # every child: collect all leaves
+            if not ok:
+                del out[mark:]
+            return ok
+        return group
     if kind == "not":
-        return not _cached_matcher(node[1])(ev, low)
-    ok = _cached_matcher(node)(ev, low)
-    if ok and kind in ("field", "kw"):
-        origin = node[3] if kind == "field" else node[2]
-        if origin[0] != "logsource":
-            entry = {"selection": origin[0], "field": origin[1], "value": origin[2]}
-            if kind == "field":
-                v = _lookup(ev, node[1])
-                entry["event_value"] = None if v is MISSING else _short(v)
-            out.append(entry)
-    return ok
+        inner = compile_detection(node[1])
+        return lambda ev, low, out: not inner(ev, low)
+    match = compile_detection(node)
+    origin = node[3] if kind == "field" else node[2] if kind == "kw" else ("logsource",)
+    if origin[0] == "logsource":
+        return lambda ev, low, out: match(ev, low)
+    selection, field_name, value = origin[0], origin[1], origin[2]
+    event_field = node[1] if kind == "field" else None
+
+    def leaf(ev: dict, low: dict, out: list) -> bool:
+        if not match(ev, low):
+            return False
+        entry = {"selection": selection, "field": field_name, "value": value}
+        if event_field is not None:
+            v = _lookup(ev, event_field)
+            entry["event_value"] = None if v is MISSING else _short(v)
+        out.append(entry)
+        return True
+    return leaf
 
 
 def _short(v: Any, limit: int = 300) -> Any:

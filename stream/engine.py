@@ -1,8 +1,8 @@
 """The matching engine: compiled rules, routed by log source, prefiltered by literals.
 
 Per event: find the bucket of rules for its (Channel, EventID) (built once per
-key and cached), lower-case the event's values once, scan them for the
-bucket's needles, and run the few candidate rules. `match_all` evaluates every
+key and cached), scan the event's values for the bucket's needles (ignoring
+case), and run the few candidate rules on a lazily lower-cased view of it. `match_all` evaluates every
 rule on every event (no routing, no prefilter) and exists to check the index.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from stream.cache import default_cache_dir
-from stream.compiler import Matcher, compile_detection, explain, needles, unicode_fold_sensitive
+from stream.compiler import (FOLD_ASCII, FOLD_UNICODE, Explainer, LowerCased, Matcher,
+                             compile_detection, compile_explainer, needle_folding, needles)
 from stream.prefilter import Bucket, NeedleIndex
 from stream.routing import UNROUTABLE, LogsourceRouter, event_key, route_of
 from stream.rules import Rule
@@ -27,10 +28,13 @@ class CompiledRule:
     rule: Rule
     match: Matcher
     index: int
+    _explainer: Explainer | None = None  # compiled on the rule's first alert
 
-    def explain(self, event: dict) -> list[dict]:
-        low, _ = lower_event(event)
-        return explain(self.rule.ir, event, low)
+    def explain(self, event: dict, low: dict | None = None) -> list[dict]:
+        """Why this rule matched `event` (`low`: its LowerCased view, if at hand)."""
+        if self._explainer is None:
+            self._explainer = compile_explainer(self.rule.ir)
+        return self._explainer(event, LowerCased(event) if low is None else low)
 
 
 @dataclass(slots=True)
@@ -39,23 +43,22 @@ class EngineError:
     reason: str
 
 
-def lower_event(ev: dict) -> tuple[dict[str, str], list[str] | None]:
-    """Lower-cased text of each scalar field, and of values nested in lists/dicts."""
-    low: dict[str, str] = {}
-    nested: list[str] | None = None
-    for k, v in ev.items():
-        t = type(v)
-        if t is str:
-            low[k] = v.lower()
-        elif t is int or t is float:
-            low[k] = str(v)
-        elif t is bool:
-            low[k] = "true" if v else "false"
-        elif t is list or t is dict:
-            if nested is None:
-                nested = []
-            _collect_text(v, nested)
-    return low, nested
+_SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
+def event_text(ev: dict) -> str:
+    """Every value of the event, one per line, as the needle scan reads it (case as is).
+
+    Values nested in lists/dicts are included; the scan may over-select
+    (e.g. "None" for null), never miss.
+    """
+    values = ev.values()
+    if _SCALAR_TYPES.issuperset(map(type, values)):  # the common case, at C speed
+        return "\n".join(map(str, values))
+    out: list[str] = []
+    for v in values:
+        _collect_text(v, out)
+    return "\n".join(out)
 
 
 def _collect_text(v: Any, out: list[str]) -> None:
@@ -66,7 +69,7 @@ def _collect_text(v: Any, out: list[str]) -> None:
         for x in v:
             _collect_text(x, out)
     elif v is not None:
-        out.append(("true" if v else "false") if type(v) is bool else str(v).lower())
+        out.append(str(v))
 
 
 class Engine:
@@ -90,8 +93,9 @@ class Engine:
             routes.append(route_of(rule.ir))
             rule_needles.append(needles(rule.ir))
         self._needles = rule_needles
-        self._fold_sensitive = frozenset(
-            r.index for r in self.rules if self._needles[r.index] and unicode_fold_sensitive(r.rule.ir))
+        folding = [needle_folding(r.rule.ir) if self._needles[r.index] else 0 for r in self.rules]
+        self._fold = {level: frozenset(i for i, f in enumerate(folding) if f == level)
+                      for level in (FOLD_ASCII, FOLD_UNICODE)}
         self._router = LogsourceRouter(routes)
         cache = Path(cache_dir or default_cache_dir()) if use_cache else None
         self._index = NeedleIndex(enumerate(rule_needles), cache)
@@ -112,8 +116,8 @@ class Engine:
     def _bucket(self, channel: Any, event_id: Any) -> Bucket:
         key = event_key(channel, event_id)
         if key == UNROUTABLE:
-            return Bucket(self._index, range(len(self.rules)), self._fold_sensitive)
-        return Bucket(self._index, self._router.rules_for(*key), self._fold_sensitive)
+            return Bucket(self._index, range(len(self.rules)), self._fold)
+        return Bucket(self._index, self._router.rules_for(*key), self._fold)
 
     def match(self, event: dict) -> list[CompiledRule]:
         """The rules that match this (normalised) event, in load order."""
@@ -130,27 +134,23 @@ class Engine:
             bucket = self._bucket(*key)
         if not bucket.members:
             return []
-        low, nested = lower_event(event)
-        text = "\n".join(low.values())
-        if nested:
-            text = text + "\n" + "\n".join(nested)
+        low = LowerCased(event)
         rules = self.rules
         self._last = (event, low)
-        return self._run([rules[i] for i in bucket.candidates(text, self._needles.__getitem__,
+        return self._run([rules[i] for i in bucket.candidates(event_text(event), self._needles.__getitem__,
                                                               self._cache)], event, low)
 
     def explain(self, hit: CompiledRule, event: dict) -> list[dict]:
         """Why `hit` matched `event`; reuses the lower-cased values if `event` was the last matched."""
         last = self._last
-        low = last[1] if last is not None and last[0] is event else lower_event(event)[0]
-        return explain(hit.rule.ir, event, low)
+        low = last[1] if last is not None and last[0] is event else None
+        return hit.explain(event, low)
 
     def match_all(self, event: dict) -> list[CompiledRule]:
         """Brute force: every rule, no routing, no prefilter (reference for tests)."""
         if self._enrich is not None:
             self._enrich(event)
-        low, _ = lower_event(event)
-        return self._run(self.rules, event, low)
+        return self._run(self.rules, event, LowerCased(event))
 
     def _run(self, candidates: list[CompiledRule], event: dict, low: dict) -> list[CompiledRule]:
         hits = []

@@ -6,7 +6,8 @@ needles are always candidates. Like the router, the prefilter may over-select,
 never miss.
 
 One `NeedleIndex` holds the needles of all rules. Hyperscan scans it in about
-a microsecond per event and reports each needle once; pyahocorasick is the
+a microsecond per event, ignoring ASCII case (so ASCII text is scanned as it
+is; other text is lower-cased first), and reports each needle once; pyahocorasick is the
 portable fallback. A `Bucket` narrows the hits to the rules of one log-source
 key, lazily, per needle.
 """
@@ -14,14 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable
 
 from stream.cache import prune
+from stream.compiler import ASCII_FOLD_CHARS, FOLD_ASCII, FOLD_UNICODE
 
 log = logging.getLogger(__name__)
-Scanner = Callable[[str], set]
+_ASCII_FOLD = re.compile(f"[{ASCII_FOLD_CHARS}]")
+Scanner = Callable[[bytes], set]  # UTF-8 text, lower-cased unless ASCII -> needle ids
+DB_FORMAT = "caseless-1"  # part of the cache key: bump when the compile flags change
 
 
 class NeedleIndex:
@@ -59,21 +64,22 @@ def _hyperscan_scanner(needles: list[str], cache_dir: Path | None) -> Scanner:
         db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         db.compile(expressions=[n.encode("utf-8", "surrogatepass") for n in needles],
                    ids=list(range(len(needles))), elements=len(needles),
-                   flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(needles), literal=True)
+                   flags=[hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS] * len(needles),
+                   literal=True)
         if cache_dir:
             _store_db(db, needles, cache_dir)
     scan = db.scan
 
-    def scanner(text: str) -> set:
+    def scanner(data: bytes) -> set:
         found: set = set()
         add = found.add
-        scan(text.encode("utf-8", "surrogatepass"), match_event_handler=lambda i, *_: add(i))
+        scan(data, match_event_handler=lambda i, *_: add(i))
         return found
     return scanner
 
 
 def _db_path(needles: list[str], cache_dir: Path) -> Path:
-    h = hashlib.sha256("\x00".join(needles).encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    h = hashlib.sha256("\x00".join([DB_FORMAT, *needles]).encode("utf-8", "surrogatepass")).hexdigest()[:24]
     return Path(cache_dir) / f"needles-{h}.hsdb"
 
 
@@ -101,7 +107,7 @@ def _store_db(db, needles: list[str], cache_dir: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(hyperscan.dumpb(db))
         tmp.replace(path)
-        prune(path.parent, "needles-*.hsdb", keep=64)
+        prune(path.parent, "needles-*.hsdb", keep=1024)  # one per busy bucket
     except OSError as e:
         log.debug("could not cache needle database: %s", e)
 
@@ -114,53 +120,67 @@ def _aho_corasick_scanner(needles: list[str]) -> Scanner:
         automaton.add_word(needle, i)
     automaton.make_automaton()
     iterate, second = automaton.iter, itemgetter(1)
-    return lambda text: set(map(second, iterate(text)))
+    return lambda data: set(map(second, iterate(data.decode("utf-8", "surrogatepass").lower())))
 
 
 # A bucket that keeps receiving events gets a needle database of its own: its scan then
-# reports only its own rules' needles (fewer, cheaper hits than the shared database).
-PROMOTE_AFTER_EVENTS = 512
-PROMOTE_MIN_RULES = 64
+# reports only its own rules' needles. In the shared database two of three hits belong to
+# other log sources' rules, and every hit costs a Python callback.
+PROMOTE_AFTER_EVENTS = 64
 
 
 class Bucket:
     """The candidate rules for one (channel, event id) key."""
 
-    __slots__ = ("members", "always", "fold", "_index", "_by_needle", "_own", "_events")
+    __slots__ = ("members", "always", "fold_ascii", "fold_unicode", "_index", "_by_needle", "_own",
+                 "_events")
 
     def __init__(self, index: NeedleIndex, members: Iterable[int],
-                 fold_sensitive: frozenset[int] = frozenset()):
+                 fold: dict[int, frozenset[int]] | None = None):
+        """`fold`: rules by how their needles depend on re's Unicode case folding
+        (stream.compiler.needle_folding); they are added when the text could hide a needle."""
+        fold = fold or {}
         self.members = frozenset(members)
         self.always = sorted(self.members & index.unfiltered)
-        # Rules whose needles come from case-insensitive regexes: re's Unicode case folding
-        # matches e.g. "ſ" for "s" or "K" (Kelvin) for "k", which str.lower() does not.
-        self.fold = sorted(self.members & fold_sensitive)
+        self.fold_ascii = sorted(self.members & fold.get(FOLD_ASCII, frozenset()))
+        self.fold_unicode = sorted(self.members & fold.get(FOLD_UNICODE, frozenset()))
         self._index = index
         self._by_needle: dict[int, tuple[int, ...]] = {}
         self._own: NeedleIndex | None = None
         self._events = 0
 
+    def _folded(self, text: str) -> list[int]:
+        """Rules whose needles non-ASCII `text` may hide from the scan."""
+        if self.fold_ascii and _ASCII_FOLD.search(text):
+            return self.fold_ascii + self.fold_unicode
+        return self.fold_unicode
+
     def candidates(self, text: str, needles_of: Callable[[int], frozenset[str] | None],
                    cache_dir: Path | None = None) -> list[int]:
-        """Rule positions that may match an event whose lower-cased text is `text`."""
+        """Rule positions that may match an event whose text (stream.engine.event_text) is `text`."""
         own = self._own
         if own is None:
             self._events += 1
-            if self._events == PROMOTE_AFTER_EVENTS and len(self.members) >= PROMOTE_MIN_RULES:
+            if self._events == PROMOTE_AFTER_EVENTS:
                 own = self._own = NeedleIndex(((i, needles_of(i)) for i in sorted(self.members)),
                                               cache_dir)
-        ascii_text = text.isascii()
+        if text.isascii():
+            data = text.encode("ascii")
+            folded: list[int] = []
+        else:
+            data = text.lower().encode("utf-8", "surrogatepass")
+            folded = self._folded(text)
         if own is not None:
-            found = own.scan(text)
-            if not found and (ascii_text or not self.fold):
+            found = own.scan(data)
+            if not found and not folded:
                 return self.always
             rules = set(self.always)
             needle_rules = own.needle_rules
             for v in found:
                 rules.update(needle_rules[v])
         else:
-            found = self._index.scan(text)
-            if not found and (ascii_text or not self.fold):
+            found = self._index.scan(data)
+            if not found and not folded:
                 return self.always
             rules = set(self.always)
             by_needle = self._by_needle
@@ -170,6 +190,5 @@ class Bucket:
                     members = self.members
                     rs = by_needle[v] = tuple(i for i in self._index.needle_rules[v] if i in members)
                 rules.update(rs)
-        if not ascii_text:
-            rules.update(self.fold)
+        rules.update(folded)
         return sorted(rules)

@@ -7,8 +7,7 @@ import uuid
 import pytest
 import yaml
 
-from stream.compiler import compile_detection, explain, needles, regex_needles
-from stream.engine import lower_event
+from stream.compiler import LowerCased, compile_detection, explain, needles, regex_needles
 from stream.rules import load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
@@ -32,7 +31,7 @@ def wild(name, regex, longest, cased=False):
 
 
 def run(ir, event):
-    low, _ = lower_event(event)
+    low = LowerCased(event)
     return compile_detection(ir)(event, low)
 
 
@@ -155,7 +154,7 @@ EXPLAIN_RULE = yaml.safe_dump({
 
 def _explain(event):
     (rule,) = load_rule_text(EXPLAIN_RULE).rules
-    low, _ = lower_event(event)
+    low = LowerCased(event)
     return explain(rule.ir, event, low)
 
 
@@ -248,7 +247,7 @@ def test_or_merging_matches_unmerged_leaves(n):
         merged = compile_detection(("or", tuple(leaves)))
         singles = [compile_detection(leaf) for leaf in leaves]
         for ev in _events():
-            low, _ = lower_event(ev)
+            low = LowerCased(ev)
             expected = any(s(ev, low) for s in singles)
             assert merged(ev, low) is expected, (leaves, ev)
 
@@ -258,7 +257,7 @@ def test_or_merging_all_mergeable_same_field():
     merged = compile_detection(("or", tuple(specs)))
     for v in VALUES:
         ev = {"F": v}
-        low, _ = lower_event(ev)
+        low = LowerCased(ev)
         assert merged(ev, low) is any(compile_detection(s)(ev, low) for s in specs), v
 
 

@@ -7,7 +7,8 @@ import uuid
 import pytest
 import yaml
 
-from stream.engine import Engine, EngineError, lower_event
+from stream.compiler import LowerCased
+from stream.engine import Engine, EngineError, event_text
 from stream.rules import Rule, load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
@@ -109,15 +110,32 @@ def test_list_channel_routed_like_match_all():
     assert titles(engine.match(ev)) == ["proc"]
 
 
-@pytest.mark.parametrize("event, low, nested", [
-    ({"A": "MiXed", "N": 5, "F": 1.5, "B": True, "C": False, "Z": None},
-     {"A": "mixed", "N": "5", "F": "1.5", "B": "true", "C": "false"}, None),
-    ({"L": ["X", 1, None, True], "D": {"k": "V", "m": {"n": ["W"]}}}, {}, ["x", "1", "true", "v", "w"]),
+@pytest.mark.parametrize("event, low", [
+    ({"A": "MiXed", "N": 5, "F": 1.5, "B": True, "C": False, "Z": None, "L": ["X"], "D": {"k": "V"}},
+     {"A": "mixed", "N": "5", "F": "1.5", "B": "true", "C": "false", "Z": None, "L": None, "D": None,
+      "missing": None}),
 ])
-def test_lower_event(event, low, nested):
-    got_low, got_nested = lower_event(event)
-    assert got_low == low
-    assert got_nested == nested
+def test_lower_cased_view_is_lazy_and_scalar_only(event, low):
+    view = LowerCased(event)
+    assert dict(view) == {}  # nothing computed before first use
+    assert {k: view[k] for k in low} == low
+    assert dict(view) == low  # computed once, then cached
+
+
+@pytest.mark.parametrize("event, lines", [
+    ({"A": "MiXed", "N": 5, "F": 1.5, "B": True, "Z": None}, ["MiXed", "5", "1.5", "True", "None"]),
+    ({"L": ["X", 1, None, True], "D": {"k": "V", "m": {"n": ["W"]}}}, ["X", "1", "True", "V", "W"]),
+])
+def test_event_text_has_every_value_including_nested(event, lines):
+    assert event_text(event).split("\n") == lines
+
+
+def test_needle_scan_ignores_case_of_ascii_and_non_ascii_text():
+    engine = engine_of(rule_doc("ps", {"sel": {"CommandLine|contains": "Invoke-Mimikatz"}}, PROC))
+    for cmd in ("x INVOKE-MIMIKATZ y", "x invoke-mimikatz y", "ÄÖ INVOKE-MIMIKATZ ÉÈ"):
+        ev = {"Channel": SYSMON, "EventID": 1, "CommandLine": cmd}
+        assert titles(engine.match(ev)) == ["ps"], cmd
+    assert titles(engine.match({"Channel": SYSMON, "EventID": 1, "CommandLine": "Invoke-Mimi katz"})) == []
 
 
 # ------------------------------------------------------------------ big values

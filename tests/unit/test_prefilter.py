@@ -143,10 +143,39 @@ def test_every_rule_can_fire(engine):
     assert fired == {yaml.safe_load(d)["title"] for d in RULES}
 
 
-@pytest.mark.parametrize("value", ["K\u0130LL-SWITCH", "power\u017fhell-bypass"])
+@pytest.mark.parametrize("value", ["K\u0130LL-SWITCH", "power\u017fhell-bypass", "k\u0131ll-sw\u0131tch",
+                                   "\u212aill-switch", "Äpower\u017fhell-bypass"])
 def test_prefilter_regex_ignorecase_unicode_fold(value):
     text = rule_doc("re i", ANY, {"sel": {"A|re|i": "kill-switch|powershell-bypass"}, "condition": "sel"})
     engine = Engine(load_rule_text(text).rules)
     ev = {"A": value}
     assert len(engine.match_all(ev)) == 1
     assert len(engine.match(ev)) == 1
+
+
+@pytest.mark.parametrize("value", ["ΛΌΓΟΣ", "λόγοσ", "λόγος"])
+def test_prefilter_regex_ignorecase_non_ascii_needle_greek_sigma(value):
+    text = rule_doc("re i", ANY, {"sel": {"A|re|i": "λόγος"}, "condition": "sel"})
+    engine = Engine(load_rule_text(text).rules)
+    ev = {"A": value}
+    assert len(engine.match_all(ev)) == 1
+    assert len(engine.match(ev)) == 1
+
+
+def test_non_ascii_text_without_fold_chars_skips_ascii_regex_rules():
+    """Over-selection guard: "®" in an event must not make every re|i rule a candidate."""
+    text = rule_doc("re i", ANY, {"sel": {"A|re|i": "kill-switch"}, "condition": "sel"})
+    engine = Engine(load_rule_text(text).rules)
+    bucket = engine._bucket(None, None)
+    assert bucket.candidates("Microsoft® Windows®", lambda i: None) == []
+    assert bucket.candidates("Microsoft® \u017f", lambda i: None) == [0]
+
+
+def test_ascii_fold_chars_are_all_chars_re_equates_with_ascii_letters():
+    import re
+    import sys
+
+    from stream.compiler import ASCII_FOLD_CHARS
+    letter = re.compile(r"(?i)[a-z]")
+    found = {chr(c) for c in range(128, sys.maxunicode + 1) if letter.fullmatch(chr(c))}
+    assert found == set(ASCII_FOLD_CHARS)
