@@ -152,10 +152,13 @@ def detect_format(path: str | os.PathLike) -> str:
     """``"evtx"`` or ``"json"`` (content first, extension second)."""
     fobj, _ = _open_maybe_gzip(Path(path))
     with fobj:
-        head = fobj.read(8)
-    if head == _EVTX_MAGIC:
-        return "evtx"
-    return "json"
+        return _format_of(fobj)
+
+
+def _format_of(fobj: IO[bytes]) -> str:
+    head = fobj.read(8)
+    fobj.seek(0)
+    return "evtx" if head == _EVTX_MAGIC else "json"
 
 
 # --------------------------------------------------------------------------
@@ -217,10 +220,11 @@ class _ZeroPadded(io.RawIOBase):
             super().close()
 
 
-def _evtx_source(path: Path) -> tuple[Any, int, bytes] | ReadError:
-    """Open an EVTX file (plain or gzip); return (source, size, header) or an error."""
+def _evtx_source(path: Path, opened: tuple[IO[bytes], bool] | None = None,
+                 ) -> tuple[Any, int, bytes] | ReadError:
+    """Open an EVTX file (plain or gzip; or take it `opened`): (source, size, header) or an error."""
     spath = str(path)
-    fobj, gz = _open_maybe_gzip(path)
+    fobj, gz = opened or _open_maybe_gzip(path)
     if gz:
         tmp = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX)
         try:
@@ -273,15 +277,15 @@ def _gz_or_tmp(fobj: Any) -> bool:
     return not isinstance(fobj, io.BufferedReader)
 
 
-def _read_evtx(path: Path) -> Iterator[Item]:
+def _read_evtx(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iterator[Item]:
     from evtx import PyEvtxParser  # deferred: only needed for EVTX input
 
     spath = str(path)
-    opened = _evtx_source(path)
-    if isinstance(opened, ReadError):
-        yield opened
+    source_info = _evtx_source(path, opened)
+    if isinstance(source_info, ReadError):
+        yield source_info
         return
-    fobj, size, header = opened
+    fobj, size, header = source_info
     declared_chunks = struct.unpack_from("<H", header, 42)[0] if len(header) >= 44 else 0
     body = max(0, size - _EVTX_HEADER_SIZE)
     full_chunks, partial = divmod(body, _EVTX_CHUNK_SIZE)
@@ -431,9 +435,9 @@ def _iter_concatenated(text: str, spath: str, report_first: bool = False) -> Ite
     return iter(items)
 
 
-def _read_json(path: Path) -> Iterator[Item]:
+def _read_json(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iterator[Item]:
     spath = str(path)
-    fobj, gz = _open_maybe_gzip(path)
+    fobj, gz = opened or _open_maybe_gzip(path)
     with fobj:
         try:
             head = fobj.read(4096)
@@ -543,7 +547,7 @@ def _read_json_whole(stream: Any, spath: str) -> Iterator[Item]:
 # dispatch
 # --------------------------------------------------------------------------
 
-_READERS: dict[str, Callable[[Path], Iterator[Item]]] = {
+_READERS: dict[str, Callable[[Path, tuple[IO[bytes], bool]], Iterator[Item]]] = {
     "evtx": _read_evtx,
     "json": _read_json,
 }
@@ -558,16 +562,23 @@ def read_records(path: str | os.PathLike) -> Iterator[Item]:
     p = Path(path)
     spath = str(path)
     try:
-        fmt = detect_format(p)
+        fobj, gz = _open_maybe_gzip(p)  # opened once here, handed to the reader
     except (OSError, EOFError, zlib.error) as e:
+        yield ReadError(spath, None, f"cannot read: {e}")
+        return
+    try:
+        fmt = _format_of(fobj)
+    except (OSError, EOFError, zlib.error) as e:
+        fobj.close()
         yield ReadError(spath, None, f"cannot read: {e}")
         return
     name = p.name.lower()
     if fmt != "evtx" and (name.endswith(".evtx") or name.endswith(".evtx.gz")):
+        fobj.close()
         yield ReadError(spath, None, "not an EVTX file (missing 'ElfFile' signature)")
         return
     try:
-        yield from _READERS[fmt](p)
+        yield from _READERS[fmt](p, (fobj, gz))
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         yield ReadError(spath, None, f"read failed: {e}")
 

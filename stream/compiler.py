@@ -502,6 +502,8 @@ def explain(ir: tuple, ev: dict, low: dict) -> list[dict]:
 
 def _explain_step(node: tuple) -> _Step:
     kind = node[0]
+    if kind == "or" and _is_value_list(node[1]):
+        return _explain_values(node[1])
     if kind in ("and", "or"):
         children = tuple(_explain_step(c) for c in node[1])
         combine = all if kind == "and" else any
@@ -533,6 +535,38 @@ def _explain_step(node: tuple) -> _Step:
         out.append(entry)
         return True
     return leaf
+
+
+def _is_value_list(children: tuple) -> bool:
+    """An OR of case-insensitive string values on one field (a Sigma value list)?"""
+    if len(children) < 2:
+        return False
+    field = children[0][1] if children[0][0] == "field" else None
+    return field is not None and all(
+        c[0] == "field" and c[1] == field and _mergeable(c) and c[3][0] != "logsource"
+        for c in children)
+
+
+def _explain_values(children: tuple) -> _Step:
+    """A value list, explained reading the field once: every value that holds."""
+    field = children[0][1]
+    values = tuple((_spec_pred(c[2])[0], c[3]) for c in children)
+    fallback = tuple(_explain_step(c) for c in children)  # lists, dotted paths, non-strings
+
+    def value_list(ev: dict, low: dict, out: list) -> bool:
+        s = low[field]
+        if s is None:
+            return any([c(ev, low, out) for c in fallback])
+        found = False
+        for pred, origin in values:
+            if pred(s):
+                if not found:
+                    event_value = _short(ev[field])
+                    found = True
+                out.append({"selection": origin[0], "field": origin[1], "value": origin[2],
+                            "event_value": event_value})
+        return found
+    return value_list
 
 
 def _short(v: Any, limit: int = 300) -> Any:

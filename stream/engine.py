@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from stream.cache import default_cache_dir
 from stream.compiler import (FOLD_ASCII, FOLD_UNICODE, Explainer, LowerCased, Matcher,
@@ -137,8 +137,8 @@ class Engine:
         low = LowerCased(event)
         rules = self.rules
         self._last = (event, low)
-        return self._run([rules[i] for i in bucket.candidates(event_text(event), self._needles.__getitem__,
-                                                              self._cache)], event, low)
+        candidates = bucket.candidates(event_text(event), self._needles.__getitem__, self._cache)
+        return self._run(map(rules.__getitem__, candidates), event, low)
 
     def explain(self, hit: CompiledRule, event: dict) -> list[dict]:
         """Why `hit` matched `event`; reuses the lower-cased values if `event` was the last matched."""
@@ -152,7 +152,7 @@ class Engine:
             self._enrich(event)
         return self._run(self.rules, event, LowerCased(event))
 
-    def _run(self, candidates: list[CompiledRule], event: dict, low: dict) -> list[CompiledRule]:
+    def _run(self, candidates: Iterable[CompiledRule], event: dict, low: dict) -> list[CompiledRule]:
         hits = []
         for r in candidates:
             try:

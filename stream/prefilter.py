@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable
@@ -24,7 +23,6 @@ from stream.cache import prune
 from stream.compiler import ASCII_FOLD_CHARS, FOLD_ASCII, FOLD_UNICODE
 
 log = logging.getLogger(__name__)
-_ASCII_FOLD = re.compile(f"[{ASCII_FOLD_CHARS}]")
 Scanner = Callable[[bytes], set]  # UTF-8 text, lower-cased unless ASCII -> needle ids
 DB_FORMAT = "caseless-1"  # part of the cache key: bump when the compile flags change
 
@@ -73,7 +71,10 @@ def _hyperscan_scanner(needles: list[str], cache_dir: Path | None) -> Scanner:
     def scanner(data: bytes) -> set:
         found: set = set()
         add = found.add
-        scan(data, match_event_handler=lambda i, *_: add(i))
+
+        def on_match(i: int, start: int, end: int, flags: int, context: object) -> None:
+            add(i)
+        scan(data, match_event_handler=on_match)
         return found
     return scanner
 
@@ -151,7 +152,7 @@ class Bucket:
 
     def _folded(self, text: str) -> list[int]:
         """Rules whose needles non-ASCII `text` may hide from the scan."""
-        if self.fold_ascii and _ASCII_FOLD.search(text):
+        if self.fold_ascii and any(c in text for c in ASCII_FOLD_CHARS):
             return self.fold_ascii + self.fold_unicode
         return self.fold_unicode
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import yaml
 
-from stream.compiler import LowerCased, compile_detection, explain, needles, regex_needles
+from stream.compiler import LowerCased, compile_detection, compile_explainer, explain, needles, regex_needles
 from stream.rules import load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
@@ -296,3 +296,21 @@ def test_unknown_ir_node_is_rejected():
 def test_regex_field_matches_like_re_search(pattern, flags, value, expected):
     assert (re.search(pattern, value, flags) is not None) is expected
     assert run(rx("A", pattern, flags), {"A": value}) is expected
+
+
+@pytest.mark.parametrize("n", [2, 3, 6, 14])
+def test_value_list_explanation_equals_leaf_by_leaf(n):
+    """A value list is explained reading the field once; the result is the leaves' own."""
+    import random
+
+    from stream.compiler import _explain_step
+    rnd = random.Random(n)
+    for _ in range(20):
+        leaves = tuple(rnd.sample(LEAVES[:14], n))
+        whole = compile_explainer(("or", leaves))
+        for ev in [*_events(), {"F": ["alpha", "x.ps1"]}, {"F": None}, {"G": "alpha"}]:
+            low = LowerCased(ev)
+            expected: list = []
+            for leaf in leaves:
+                _explain_step(leaf)(ev, low, expected)
+            assert whole(ev, LowerCased(ev)) == expected, (leaves, ev)
