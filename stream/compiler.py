@@ -484,9 +484,9 @@ _Step = Callable[[dict, dict, list], bool]
 
 
 def compile_explainer(ir: tuple) -> Explainer:
-    """IR -> `explain(event, low)`: the positive leaves that hold for the event (which
-    selection/field/value matched). Compiled once per alerting rule, run per alert."""
-    step = _explain_step(ir)
+    """IR -> `explain(event, low)` for an event the rule matched: the positive leaves
+    (which selection/field/value matched). Compiled once per alerting rule, run per alert."""
+    step = _explain_step(ir, True)
 
     def explain_event(ev: dict, low: dict) -> list[dict]:
         out: list[dict] = []
@@ -500,26 +500,30 @@ def explain(ir: tuple, ev: dict, low: dict) -> list[dict]:
     return compile_explainer(ir)(ev, low)
 
 
-def _explain_step(node: tuple) -> _Step:
+def _explain_step(node: tuple, holds: bool) -> _Step:
+    """`holds`: the node is known to hold (the rule matched and every node above is an AND),
+    so its leaves are listed without being evaluated again."""
     kind = node[0]
-    if kind == "or" and _is_value_list(node[1]):
-        return _explain_values(node[1])
-    if kind in ("and", "or"):
-        children = tuple(_explain_step(c) for c in node[1])
-        combine = all if kind == "and" else any
-
-        def group(ev: dict, low: dict, out: list) -> bool:
-            mark = len(out)
-            ok = combine([c(ev, low, out) for c in children])  # every child: collect all leaves
-            if not ok:
-                del out[mark:]
-            return ok
-        return group
+    if kind == "and":
+        children = tuple(_explain_step(c, holds) for c in node[1])
+        if holds:
+            def each(ev: dict, low: dict, out: list) -> bool:
+                for c in children:
+                    c(ev, low, out)
+                return True
+            return each
+        return _explain_group(children, all)
+    if kind == "or":
+        if _is_value_list(node[1]):
+            return _explain_values(node[1])
+        return _explain_group(tuple(_explain_step(c, False) for c in node[1]), any)
     if kind == "not":
-        inner = compile_detection(node[1])
+        if holds:
+            return lambda ev, low, out: True
+        inner = _lazy_matcher(node[1])
         return lambda ev, low, out: not inner(ev, low)
-    match = compile_detection(node)
     origin = node[3] if kind == "field" else node[2] if kind == "kw" else ("logsource",)
+    match = (lambda ev, low: True) if holds else _lazy_matcher(node)
     if origin[0] == "logsource":
         return lambda ev, low, out: match(ev, low)
     selection, field_name, value = origin[0], origin[1], origin[2]
@@ -537,6 +541,28 @@ def _explain_step(node: tuple) -> _Step:
     return leaf
 
 
+def _explain_group(children: tuple[_Step, ...], combine: Callable[[Any], bool]) -> _Step:
+    def group(ev: dict, low: dict, out: list) -> bool:
+        mark = len(out)
+        ok = combine([c(ev, low, out) for c in children])  # every child: collect all leaves
+        if not ok:
+            del out[mark:]
+        return ok
+    return group
+
+
+def _lazy_matcher(node: tuple) -> Matcher:
+    """compile_detection(node) on first use: most parts of an explainer never run."""
+    compiled: Matcher | None = None
+
+    def match(ev: dict, low: dict) -> bool:
+        nonlocal compiled
+        if compiled is None:
+            compiled = compile_detection(node)
+        return compiled(ev, low)
+    return match
+
+
 def _is_value_list(children: tuple) -> bool:
     """An OR of case-insensitive string values on one field (a Sigma value list)?"""
     if len(children) < 2:
@@ -551,11 +577,13 @@ def _explain_values(children: tuple) -> _Step:
     """A value list, explained reading the field once: every value that holds."""
     field = children[0][1]
     values = tuple((_spec_pred(c[2])[0], c[3]) for c in children)
-    fallback = tuple(_explain_step(c) for c in children)  # lists, dotted paths, non-strings
+    fallback: list[_Step] = []  # lists, dotted paths, non-strings: leaf by leaf, built when needed
 
     def value_list(ev: dict, low: dict, out: list) -> bool:
         s = low[field]
         if s is None:
+            if not fallback:
+                fallback.extend(_explain_step(c, False) for c in children)
             return any([c(ev, low, out) for c in fallback])
         found = False
         for pred, origin in values:
