@@ -137,14 +137,19 @@ def _mergeable(node: tuple) -> bool:
 
 def _compile_or_children(children: tuple) -> list[Matcher]:
     groups: dict[Any, list[tuple]] = {}
+    numbers: dict[str, list[int | float]] = {}
     rest: list[tuple] = []
     for c in children:
         if _mergeable(c):
             key = c[1] if c[0] == "field" else None  # None: keywords
             groups.setdefault(key, []).append(c)
+        elif c[0] == "field" and c[2][0] == "num":
+            numbers.setdefault(c[1], []).append(c[2][1])
         else:
             rest.append(c)
     out: list[Matcher] = []
+    for field, values in numbers.items():  # e.g. a list of ports: one set lookup
+        out.append(_low_field(field, V.numbers_pred(values)))
     for key, nodes in groups.items():
         if len(nodes) == 1:
             out.append(compile_detection(nodes[0]))
@@ -178,6 +183,9 @@ def _spec_pred(spec: tuple) -> tuple[V.Pred, bool]:
     if kind == "bool":
         return V.bool_pred(spec[1]), True
     if kind == "re":
+        counted = repeated_literal(spec[1], spec[2])
+        if counted is not None:
+            return V.repeated_char_pred(*counted), False
         return V.regex_pred(spec[1], spec[2], spec[3], regex_guard(spec[1], spec[2])), False
     if kind == "cidr":
         return V.cidr_pred(spec[1]), False
@@ -399,10 +407,38 @@ def regex_ignores_case(pattern: str, flags: int) -> bool:
     return bool(flags & re.IGNORECASE) or bool(_INLINE_IGNORECASE.search(pattern))
 
 
+def repeated_literal(pattern: str, flags: int) -> tuple[str, int, bool] | None:
+    """(char, n, dotall) if the regex is `c.*c.*c...` (n times c): SigmaHQ's obfuscation
+    counters. `re` backtracks through every combination of the c's on a long value that
+    matches; counting them per line gives the same answer in linear time."""
+    try:
+        parsed = _sre_parser.parse(pattern, flags)
+    except Exception:
+        return None
+    items = list(parsed)
+    c = _sre_constants
+    if len(items) < 3 or len(items) % 2 == 0 or items[0][0] is not c.LITERAL:
+        return None
+    char = items[0][1]
+    any_char = (c.MAX_REPEAT, (0, c.MAXREPEAT, [(c.ANY, None)]))
+    for i, (op, av) in enumerate(items):
+        if i % 2 == 0 and (op is not c.LITERAL or av != char):
+            return None
+        if i % 2 == 1 and (op is not any_char[0] or av[0] != 0 or av[1] != c.MAXREPEAT
+                           or list(av[2]) != any_char[1][2]):
+            return None
+    text = chr(char)
+    if parsed.state.flags & re.IGNORECASE and text.lower() != text.upper():
+        return None  # a letter: re's case folding would count other characters too
+    return text, len(items) // 2 + 1, bool(parsed.state.flags & re.DOTALL)
+
+
 def regex_guard(pattern: str, flags: int) -> tuple[tuple[str, ...], ...] | None:
     """Case-exact literal requirements the value must meet before the regex is worth running
     (substring tests are far cheaper than a failing search): each requirement is a tuple of
-    alternatives, of which the value must contain one; all requirements must hold."""
+    alternatives, of which the value must contain one; all requirements must hold. Each
+    requirement is met by its own part of a match, so a literal required n times (as in
+    `\\+.*\\+.*\\+`) appears n times and the value must contain it n times (str.count)."""
     try:
         parsed = _sre_parser.parse(pattern, flags)
     except Exception:
@@ -413,7 +449,7 @@ def regex_guard(pattern: str, flags: int) -> tuple[tuple[str, ...], ...] | None:
         alternatives = tuple(sorted(found))
         if ignorecase and any(not ch.isascii() or ch.isalpha() for g in alternatives for ch in g):
             continue  # re folds case (and Unicode) here; a substring test could wrongly reject
-        if alternatives not in reqs:
+        if len(alternatives) == 1 or alternatives not in reqs:
             reqs.append(alternatives)
     return tuple(reqs) or None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -112,6 +113,21 @@ def number_pred(n: int | float) -> Pred:
     return pred
 
 
+def numbers_pred(ns: list[int | float]) -> Pred:
+    """Any of several numbers (an OR-list on one field), as number_pred matches one."""
+    texts = frozenset(str(n).lower() for n in ns)
+    values = frozenset(ns)  # 443.0 in {443}: equal numbers hash alike
+
+    def pred(s: str) -> bool:
+        if s in texts:
+            return True
+        try:
+            return float(s) in values
+        except ValueError:
+            return False
+    return pred
+
+
 def bool_pred(b: bool) -> Pred:
     return ("true" if b else "false").__eq__
 
@@ -138,17 +154,7 @@ def regex_pred(pattern: str, flags: int, risky: bool = False,
     `guard`: requirements (tuples of alternative literals) a value must all meet to match.
     """
     if guard:
-        inner = regex_pred(pattern, flags, risky)
-        if len(guard) == 1 and len(guard[0]) == 1:
-            g = guard[0][0]
-            return lambda s: g in s and inner(s)
-        if all(len(alts) == 1 for alts in guard):
-            every = tuple(alts[0] for alts in guard)
-            return lambda s: all(map(s.__contains__, every)) and inner(s)
-        if len(guard) == 1:
-            one_of = guard[0]
-            return lambda s: any(map(s.__contains__, one_of)) and inner(s)
-        return lambda s: all(any(map(s.__contains__, alts)) for alts in guard) and inner(s)
+        return _guarded(regex_pred(pattern, flags, risky), guard)
     compiled = None
     if risky:
         import regex  # supports a time limit, unlike re
@@ -170,6 +176,40 @@ def regex_pred(pattern: str, flags: int, risky: bool = False,
         if compiled is None:
             compiled = re.compile(pattern, flags).search
         return compiled(s) is not None
+    return pred
+
+
+def _guarded(inner: Pred, guard: tuple[tuple[str, ...], ...]) -> Pred:
+    """`inner` behind cheap substring checks (stream.compiler.regex_guard); the common
+    shapes get their own closure, with the loops in C where possible."""
+    times = Counter(alts[0] for alts in guard if len(alts) == 1)
+    once = tuple(t for t, n in times.items() if n == 1)
+    counted = tuple((t, n) for t, n in times.items() if n > 1)
+    one_of = tuple(dict.fromkeys(alts for alts in guard if len(alts) > 1))
+    if not counted and not one_of:
+        if len(once) == 1:
+            g = once[0]
+            return lambda s: g in s and inner(s)
+        return lambda s: all(map(s.__contains__, once)) and inner(s)
+    if not once and not one_of and len(counted) == 1:
+        t, n = counted[0]
+        return lambda s: s.count(t) >= n and inner(s)
+    if not once and not counted and len(one_of) == 1:
+        alts = one_of[0]
+        return lambda s: any(map(s.__contains__, alts)) and inner(s)
+    return lambda s: (all(map(s.__contains__, once)) and all(s.count(t) >= n for t, n in counted)
+                      and all(any(map(s.__contains__, alts)) for alts in one_of) and inner(s))
+
+
+def repeated_char_pred(char: str, times: int, dotall: bool) -> Pred:
+    """re.search(f"{c}.*{c}...", s) (stream.compiler.repeated_literal), without backtracking:
+    `.` stops at a newline unless DOTALL, so one line must hold the `times` characters."""
+    def pred(s: str) -> bool:
+        if s.count(char) < times:
+            return False
+        if dotall or "\n" not in s:
+            return True
+        return any(line.count(char) >= times for line in s.split("\n"))
     return pred
 
 

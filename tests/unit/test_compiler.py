@@ -337,3 +337,66 @@ def test_explaining_a_match_skips_nothing_that_a_full_evaluation_finds():
             assert hit.explain(event) == full, hit.rule.title
             checked += 1
     assert checked > 20
+
+
+@pytest.mark.parametrize("pattern", [
+    r"\+.*\+.*\+.*\+", r"ab.*ab", r"`.*`.*`", r"\^.*\^.*\^.*\^.*\^", r"x(?:ab)+y.*ab",
+    r"(?:\+.*){3}", r"a\+b\+c", r"(?i)q\+.*\+", r"(?:ab|ab).*ab", r"\{.*\{", r"aa.*aa",
+])
+def test_regex_guard_with_counted_literals_agrees_with_the_regex(pattern):
+    """A literal required n times (`\\+.*\\+`) is checked with str.count before the regex."""
+    import random
+    import re
+
+    from stream.compiler import regex_guard
+    from stream.values import regex_pred
+    guard = regex_guard(pattern, 0)
+    pred = regex_pred(pattern, 0, False, guard)
+    rnd = random.Random(pattern)
+    for _ in range(3000):
+        s = "".join(rnd.choice("ab+`^{xyQq\n ") for _ in range(rnd.randint(0, 14)))
+        assert pred(s) is (re.search(pattern, s) is not None), (pattern, s, guard)
+
+
+def test_regex_guard_counts_repeated_literals():
+    from stream.compiler import regex_guard
+    assert regex_guard(r"\+.*\+.*\+", 0) == (("+",), ("+",), ("+",))
+    assert regex_guard(r"(?:\+.*){3}", 0) == (("+",),)  # a repeat promises one occurrence only
+
+
+@pytest.mark.parametrize("value, expected", [
+    (443, True), ("443", True), ("443.0", True), (4444, True), ("4444", True), (80, False),
+    ("80", False), ("x", False), (None, False), (["80", "443"], True), (443.0, True), (True, False),
+])
+def test_or_list_of_numbers_merged_on_one_field(value, expected):
+    ports = ("or", tuple(("field", "Port", ("num", n), O) for n in (100, 443, 4444, 65535)))
+    merged = compile_detection(ports)
+    ev = {"Port": value}
+    assert merged(ev, LowerCased(ev)) is expected
+    assert any(compile_detection(leaf)(ev, LowerCased(ev)) for leaf in ports[1]) is expected
+
+
+@pytest.mark.parametrize("pattern, flags", [
+    (r"\+.*\+.*\+", 0), (r"\+.*\+.*\+", re.DOTALL), (r"(?s)`.*`.*`", 0), (r"\^.*\^", 0),
+    (r"\{.*\{.*\{.*\{", 0), (r"(?i)\+.*\+", 0), (r"a.*a.*a", re.IGNORECASE), (r"a.*a", 0),
+    (r"\+.*\+.*-", 0), (r"\+.+\+", 0), (r"\+.*?\+", 0), (r"\+", 0),
+])
+def test_repeated_char_regexes_counted_like_re_search(pattern, flags):
+    """`c.*c.*c` is answered by counting per line; anything else keeps the regex."""
+    import random
+
+    from stream.compiler import _spec_pred
+    pred = _spec_pred(("re", pattern, flags, False))[0]
+    rnd = random.Random(pattern + str(flags))
+    for _ in range(3000):
+        s = "".join(rnd.choice("aA+`^{-\n x") for _ in range(rnd.randint(0, 16)))
+        assert pred(s) is (re.search(pattern, s, flags) is not None), (pattern, flags, s)
+
+
+def test_repeated_literal_shapes():
+    from stream.compiler import repeated_literal
+    assert repeated_literal(r"\+.*\+.*\+", 0) == ("+", 3, False)
+    assert repeated_literal(r"(?s)`.*`", 0) == ("`", 2, True)
+    assert repeated_literal(r"a.*a", re.IGNORECASE) is None
+    assert repeated_literal(r"\+.*\+.*-", 0) is None
+    assert repeated_literal(r"\+.+\+", 0) is None
