@@ -363,6 +363,9 @@ def _producer_kwargs(settings: KafkaSettings, acks: Any, idempotent: bool, compr
     return kw
 
 
+PENDING_SWEEP = 200_000  # unflushed records after which acknowledged ones are swept
+
+
 class KafkaRecordProducer:
     """Acknowledged writes to one topic (alerts, dead letters)."""
 
@@ -376,21 +379,12 @@ class KafkaRecordProducer:
             settings, acks, idempotent, best_compression() if compression == "auto" else compression,
             linger_ms, batch_size=batch_size,
             delivery_timeout_ms=int(delivery_timeout_s * 1000)))
-        self._lock = threading.Lock()
         self._failures: list[tuple[str, str]] = []
-        self._outstanding = 0
+        # Futures of records not yet seen acknowledged, checked at flush(): cheaper than a
+        # callback per record, which kafka-python's I/O thread would run under the GIL.
+        self._pending: list[Any] = []
         self._partitions: dict[bytes, int] = {}
         self.sent = self.acked = 0
-
-    def _on_ok(self, _meta: Any) -> None:
-        with self._lock:
-            self._outstanding -= 1
-            self.acked += 1
-
-    def _on_err(self, exc: BaseException) -> None:
-        with self._lock:
-            self._outstanding -= 1
-            self._failures.append((self.topic, _describe(exc)))
 
     def send(self, value: bytes | None, key: bytes | None = None,
              headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -400,14 +394,25 @@ class KafkaRecordProducer:
             fut = self._producer.send(self.topic, value=value, key=key, headers=list(headers or []),
                                       partition=self._partition_of(key))
         except Exception as e:  # noqa: BLE001 - metadata timeout, record too large, ...
-            with self._lock:
-                self._failures.append((self.topic, _describe(e)))
+            self._failures.append((self.topic, _describe(e)))
             return
-        with self._lock:
-            self._outstanding += 1
-            self.sent += 1
-        fut.add_callback(self._on_ok)
-        fut.add_errback(self._on_err)
+        self._pending.append(fut)
+        self.sent += 1
+        if len(self._pending) >= PENDING_SWEEP:  # a caller that rarely flushes: stay bounded
+            self._sweep()
+
+    def _sweep(self) -> list[Any]:
+        """Drop acknowledged futures (failures are kept for flush); returns those in flight."""
+        unacked = []
+        for fut in self._pending:
+            if not fut.is_done:
+                unacked.append(fut)
+            elif fut.failed():
+                self._failures.append((self.topic, _describe(fut.exception)))
+            else:
+                self.acked += 1
+        self._pending = unacked
+        return unacked
 
     def _partition_of(self, key: bytes | None) -> int | None:
         """The default partitioner's choice, remembered per key: kafka-python hashes every
@@ -429,11 +434,10 @@ class KafkaRecordProducer:
             self._producer.flush(timeout=timeout_s)
         except kerrors.KafkaTimeoutError:
             pass
-        with self._lock:
-            failures, self._failures = self._failures, []
-            outstanding = self._outstanding
-        if outstanding > 0:
-            failures.append((self.topic, f"{outstanding} record(s) not acknowledged within {timeout_s}s"))
+        unacked = self._sweep()  # those still in flight are reported now and checked again later
+        failures, self._failures = self._failures, []
+        if unacked:
+            failures.append((self.topic, f"{len(unacked)} record(s) not acknowledged within {timeout_s}s"))
         if failures:
             raise DeliveryError(failures)
 

@@ -17,7 +17,7 @@ import hashlib
 import logging
 from operator import itemgetter
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from stream.cache import prune
 from stream.compiler import ASCII_FOLD_CHARS, FOLD_ASCII, FOLD_UNICODE
@@ -70,13 +70,13 @@ def _hyperscan_scanner(needles: list[str], cache_dir: Path | None) -> Scanner:
 
     def scanner(data: bytes) -> set:
         found: set = set()
-        add = found.add
-
-        def on_match(i: int, start: int, end: int, flags: int, context: object) -> None:
-            add(i)
-        scan(data, match_event_handler=on_match)
+        scan(data, match_event_handler=_collect, context=found)
         return found
     return scanner
+
+
+def _collect(needle: int, start: int, end: int, flags: int, found: set) -> None:
+    found.add(needle)
 
 
 def _db_path(needles: list[str], cache_dir: Path) -> Path:
@@ -157,7 +157,7 @@ class Bucket:
         return self.fold_unicode
 
     def candidates(self, text: str, needles_of: Callable[[int], frozenset[str] | None],
-                   cache_dir: Path | None = None) -> list[int]:
+                   cache_dir: Path | None = None) -> Sequence[int]:
         """Rule positions that may match an event whose text (stream.engine.event_text) is `text`."""
         own = self._own
         if own is None:
@@ -173,8 +173,11 @@ class Bucket:
             folded = self._folded(text)
         if own is not None:
             found = own.scan(data)
-            if not found and not folded:
-                return self.always
+            if not folded:
+                if not found:
+                    return self.always
+                if len(found) == 1 and not self.always:  # common: one needle, in rule order
+                    return own.needle_rules[next(iter(found))]
             rules = set(self.always)
             needle_rules = own.needle_rules
             for v in found:

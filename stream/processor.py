@@ -54,6 +54,7 @@ protocols below, which the Kafka connector and the in-memory transport
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -115,8 +116,27 @@ class _CutMessage:
         self.headers = list(getattr(msg, "headers", None) or [])
 
 
+_second: tuple[int, str] = (-1, "")
+
+
+def _source_of(msg: Any, env: dict) -> dict[str, Any]:
+    """An alert's `source`: where its event was consumed."""
+    return {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+            "event_id": env["event_id"]}
+
+
 def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """2026-11-25T17:00:00.123456Z; the formatted second is reused (called per alerting event)."""
+    global _second
+    frac, whole = math.modf(ts)  # rounded as datetime.fromtimestamp rounds
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    if _second[0] != whole:
+        _second = (int(whole), datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{us:06d}Z"
 
 
 @dataclass
@@ -370,11 +390,10 @@ class Processor:
     def _process(self, msg: Any) -> None:
         env = decode(msg.value)
         event = env["event"]
-        source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                  "event_id": env["event_id"]}
         if self.assembler is None:
-            self._detect(event, source)
+            self._detect_consumed(event, msg, env)
             return
+        source = _source_of(msg, env)
         ready = self.assembler.feed(event, self.clock())
         if not ready and self.assembler.pending:
             # a fragment was buffered: remember where its block started (bounded)
@@ -407,10 +426,18 @@ class Processor:
         if final:
             self._fragment_sources.clear()
 
+    def _detect_consumed(self, event: dict, msg: Any, env: dict) -> None:
+        """_detect for an event as consumed: its source dict is built only if it matches."""
+        hits = self.engine.match(event)
+        if hits:
+            self._emit(event, hits, _source_of(msg, env))
+
     def _detect(self, event: dict, source: dict[str, Any]) -> None:
         hits = self.engine.match(event)
-        if not hits:
-            return
+        if hits:
+            self._emit(event, hits, source)
+
+    def _emit(self, event: dict, hits: list, source: dict[str, Any]) -> None:
         detected_at = iso_utc(self.clock())
         explain = getattr(self.engine, "explain", None)
         alerts = [build_alert(hit, event, source=source, detected_at=detected_at,

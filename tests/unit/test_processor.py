@@ -533,3 +533,16 @@ def test_incomplete_block_is_flushed_at_idle_exit():
     (alert,) = MemoryAlertSink(broker).alerts()
     assert alert["event"]["sigstream_Incomplete"] is True
     assert broker.committed("g", "sigstream.events.powershell", 0) == 1
+
+
+def test_iso_utc_formats_like_strftime_across_seconds():
+    import random
+    from datetime import datetime, timezone
+
+    from stream.processor import iso_utc
+    rnd = random.Random(7)
+    ts = 1_764_000_000.0
+    for _ in range(5000):
+        ts += rnd.choice((0.0, 0.000001, 0.3, 0.999999, 1.0, 86400.5))
+        expected = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert iso_utc(ts) == expected, ts
