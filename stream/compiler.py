@@ -98,6 +98,12 @@ def _all(fs: list[Matcher]) -> Matcher:
     if len(fs) == 3:
         a, b, c = fs
         return lambda ev, low: a(ev, low) and b(ev, low) and c(ev, low)
+    if len(fs) == 4:  # e.g. selection, filter, and the log source's Channel and EventID
+        a, b, c, d = fs
+        return lambda ev, low: a(ev, low) and b(ev, low) and c(ev, low) and d(ev, low)
+    if len(fs) == 5:
+        a, b, c, d, e = fs
+        return lambda ev, low: a(ev, low) and b(ev, low) and c(ev, low) and d(ev, low) and e(ev, low)
     t = tuple(fs)
 
     def match_all(ev: dict, low: dict) -> bool:
@@ -114,6 +120,9 @@ def _any(fs: list[Matcher]) -> Matcher:
     if len(fs) == 2:
         a, b = fs
         return lambda ev, low: a(ev, low) or b(ev, low)
+    if len(fs) == 3:
+        a, b, c = fs
+        return lambda ev, low: a(ev, low) or b(ev, low) or c(ev, low)
     t = tuple(fs)
 
     def match_any(ev: dict, low: dict) -> bool:

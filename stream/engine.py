@@ -8,7 +8,9 @@ rule on every event (no routing, no prefilter) and exists to check the index.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from itertools import compress
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -44,17 +46,31 @@ class EngineError:
 
 
 _SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
+_is_str = frozenset((str,)).__contains__  # applied to types, in C (itertools.compress)
+# A needle that can occur in the text of a number, bool or null ("123", "true", "none"):
+# only then does the scan need those values.
+_NUMBER_LIKE = re.compile(r"[0-9.+\-e]+")
+_SCALAR_WORDS = ("true", "false", "none", "-inf", "nan")
 
 
-def event_text(ev: dict) -> str:
+def needs_non_strings(needles: Iterable[str]) -> bool:
+    """Could any of these needles occur in str() of an int, float, bool or None?"""
+    return any(_NUMBER_LIKE.fullmatch(n) or any(n in w for w in _SCALAR_WORDS) or "\n" in n
+               for n in needles)  # a needle with a newline could span two values
+
+
+def event_text(ev: dict, non_strings: bool = True) -> str:
     """Every value of the event, one per line, as the needle scan reads it (case as is).
 
     Values nested in lists/dicts are included; the scan may over-select
-    (e.g. "None" for null), never miss.
+    (e.g. "None" for null), never miss. `non_strings=False` leaves out top-level
+    numbers, bools and nulls, for needles that cannot occur in them (needs_non_strings).
     """
     values = ev.values()
     if _SCALAR_TYPES.issuperset(map(type, values)):  # the common case, at C speed
-        return "\n".join(map(str, values))
+        if non_strings:
+            return "\n".join(map(str, values))
+        return "\n".join(compress(values, map(_is_str, map(type, values))))
     out: list[str] = []
     for v in values:
         _collect_text(v, out)
@@ -115,9 +131,11 @@ class Engine:
 
     def _bucket(self, channel: Any, event_id: Any) -> Bucket:
         key = event_key(channel, event_id)
-        if key == UNROUTABLE:
-            return Bucket(self._index, range(len(self.rules)), self._fold)
-        return Bucket(self._index, self._router.rules_for(*key), self._fold)
+        members = range(len(self.rules)) if key == UNROUTABLE else self._router.rules_for(*key)
+        bucket = Bucket(self._index, members, self._fold)
+        bucket.non_strings = needs_non_strings(
+            n for i in bucket.members for n in (self._needles[i] or ()))
+        return bucket
 
     def match(self, event: dict) -> list[CompiledRule]:
         """The rules that match this (normalised) event, in load order."""
@@ -137,7 +155,8 @@ class Engine:
         low = LowerCased(event)
         rules = self.rules
         self._last = (event, low)
-        candidates = bucket.candidates(event_text(event), self._needles.__getitem__, self._cache)
+        candidates = bucket.candidates(event_text(event, bucket.non_strings), self._needles.__getitem__,
+                                       self._cache)
         return self._run(map(rules.__getitem__, candidates), event, low)
 
     def explain(self, hit: CompiledRule, event: dict) -> list[dict]:

@@ -133,8 +133,8 @@ PROMOTE_AFTER_EVENTS = 64
 class Bucket:
     """The candidate rules for one (channel, event id) key."""
 
-    __slots__ = ("members", "always", "fold_ascii", "fold_unicode", "_index", "_by_needle", "_own",
-                 "_events")
+    __slots__ = ("members", "always", "fold_ascii", "fold_unicode", "non_strings", "_index",
+                 "_by_needle", "_own", "_events")
 
     def __init__(self, index: NeedleIndex, members: Iterable[int],
                  fold: dict[int, frozenset[int]] | None = None):
@@ -145,6 +145,7 @@ class Bucket:
         self.always = sorted(self.members & index.unfiltered)
         self.fold_ascii = sorted(self.members & fold.get(FOLD_ASCII, frozenset()))
         self.fold_unicode = sorted(self.members & fold.get(FOLD_UNICODE, frozenset()))
+        self.non_strings = True  # does the scan need numbers, bools and nulls (set by the engine)
         self._index = index
         self._by_needle: dict[int, tuple[int, ...]] = {}
         self._own: NeedleIndex | None = None

@@ -248,3 +248,28 @@ def test_kept_evaluation_errors_are_bounded():
     assert engine.error_count == 3 * Engine.MAX_KEPT_ERRORS
     assert len(engine.errors) <= Engine.MAX_KEPT_ERRORS
     assert engine.errors[-1].reason == f"problem {3 * Engine.MAX_KEPT_ERRORS - 1}"
+
+
+@pytest.mark.parametrize("needle, needed", [
+    ("4242", True), ("-500", True), ("1.5e-05", True), ("true", True), ("rue", True), ("none", True),
+    ("-inf", True), ("nan", True), ("a\nb", True), ("powershell", False), ("0x40", False), ("1.2.3.x", False),
+])
+def test_needles_that_need_numbers_bools_and_nulls_in_the_scan(needle, needed):
+    from stream.engine import needs_non_strings
+    assert needs_non_strings([needle]) is needed
+
+
+def test_event_text_without_non_strings():
+    ev = {"A": "x", "N": 5, "B": True, "Z": None, "L": [7, "y"]}
+    assert event_text({k: ev[k] for k in "ANBZ"}, False) == "x"
+    assert event_text(ev, False).split("\n") == ["x", "5", "True", "7", "y"]  # nested: all kept
+
+
+@pytest.mark.parametrize("rule_value, event_value", [
+    ("4242", 14242), ("true", True), ("1.5", 1.5), ("-500", -500)])
+def test_string_needle_found_in_a_number_or_bool_field(rule_value, event_value):
+    """Buckets whose needles look like numbers scan numeric values too (never miss)."""
+    engine = engine_of(rule_doc("num", {"sel": {"Count|contains": rule_value}}, PROC),
+                       rule_doc("other", {"sel": {"CommandLine|contains": "mimikatz"}}, PROC))
+    ev = {"Channel": SYSMON, "EventID": 1, "Count": event_value, "CommandLine": "x"}
+    assert titles(engine.match(ev)) == titles(engine.match_all(ev)) == ["num"]
