@@ -153,7 +153,7 @@ def processor_pass(settings: KafkaSettings, prefix: str, group: str, batch_size:
             source.close()
 
     p = Processor(Timed(), engine, alerts, dlq, batch_size=batch_size, poll_timeout_s=0.5,
-                  until_idle_s=3)
+                  until_idle_s=3, commit_interval_s=1.0)  # `sigstream run`'s default
     m = p.run()
     alerts.close(), dlq.close(), source.close()
     secs = marks["last"] - marks["first"]

@@ -345,7 +345,7 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
               alerts_topic: str, dlq_topic: str, batch_size: int, until_idle: float | None,
               rule_loader: Callable | None = None, watch: Callable | None = None,
               echo: Any = None, session_timeout_s: float = 45.0,
-              wrap: Callable[[Any], Any] | None = None) -> Any:
+              wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0) -> Any:
     from connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
                                   KafkaSource, create_topics)
     from stream.processor import Processor
@@ -364,7 +364,8 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
         sink = wrap(sink)
     processor = Processor(source, engine, sink, dlq, batch_size=batch_size, poll_timeout_s=0.5,
                           until_idle_s=until_idle, rule_loader=rule_loader, watch=watch,
-                          log_interval_s=15.0, assembler=_assembler())
+                          log_interval_s=15.0, assembler=_assembler(),
+                          commit_interval_s=commit_interval_s)
     restore = _install_signals(processor)
     ok = False
     try:
@@ -402,7 +403,11 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
 @click.option("--until-idle", type=float, metavar="SECONDS",
               help="Exit 0 after no new events for this long (default: run until signalled).")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True,
-              help="Records per poll; output is flushed and offsets committed once per batch.")
+              help="Records per poll.")
+@click.option("--commit-interval", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              metavar="SECONDS", help="With a broker: flush the alerts and commit offsets at most "
+                                      "this often (0: after every batch) and whenever the topics "
+                                      "run dry; a crash redelivers at most this much (same alert ids).")
 @click.option("--session-timeout", type=click.FloatRange(6, 1800), default=45.0, show_default=True,
               metavar="SECONDS", help="Group session timeout: how long until the partitions of a "
                                       "crashed member are handed to the others.")
@@ -424,7 +429,9 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
 @click.option("--webhook-dead-letter", type=click.Path(dir_okay=False), metavar="FILE",
               help="JSONL file for alerts the webhook permanently refused.")
 def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginning: bool,
-        topic_prefix: str, topics: str | None, alerts_topic: str | None, dlq_topic: str | None, until_idle: float | None, batch_size: int, session_timeout: float, watch_rules: bool,
+        topic_prefix: str, topics: str | None, alerts_topic: str | None, dlq_topic: str | None,
+        until_idle: float | None, batch_size: int, commit_interval: float, session_timeout: float,
+        watch_rules: bool,
         fmt: str | None, alert_format: str, dedup_path: str | None, webhook_url: str | None,
         webhook_payload: str, webhook_secret_env: str | None, webhook_dead_letter: str | None,
         **opts: Any) -> None:
@@ -486,7 +493,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
                                 dlq_topic=dlq_topic, batch_size=batch_size, until_idle=until_idle,
                                 rule_loader=loader, watch=watch, session_timeout_s=session_timeout,
                                 echo=echo_sink(LiveSink(fmt, summary=False) if fmt else None),
-                                wrap=wrap)
+                                wrap=wrap, commit_interval_s=commit_interval)
             mode = f"kafka {bootstrap} group {group}"
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: offsets since the last batch are not committed[/yellow]")

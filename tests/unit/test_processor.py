@@ -546,3 +546,38 @@ def test_iso_utc_formats_like_strftime_across_seconds():
         ts += rnd.choice((0.0, 0.000001, 0.3, 0.999999, 1.0, 86400.5))
         expected = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         assert iso_utc(ts) == expected, ts
+
+
+def test_commit_interval_commits_once_the_source_runs_dry():
+    """With an interval, several batches share one flush+commit; all is committed when the
+    source has nothing more, and nothing is committed before the alerts are written."""
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [proc_event("powershell -enc AAAA", i) for i in range(10)])
+    p = make(broker, Engine(one_rule(), use_cache=False), batch_size=3, commit_interval_s=3600)
+    m = p.run()
+    assert m.batches == 4 and m.events == 10
+    assert m.commits == 1
+    assert broker.committed("g", "sigstream.events.sysmon", 0) == 10
+    assert len(MemoryAlertSink(broker).alerts()) == 10
+
+
+def test_commit_interval_stop_commits_what_was_processed():
+    broker = MemoryBroker(default_partitions=1)
+    produce(broker, [proc_event("powershell -enc AAAA", i) for i in range(10)])
+    holder = {}
+
+    class StopOnSeventh(MemoryAlertSink):
+        added = 0
+
+        def add(self, alert):
+            super().add(alert)
+            StopOnSeventh.added += 1
+            if StopOnSeventh.added == 7:   # like SIGTERM arriving in the third batch
+                holder["p"].stop()
+
+    p = make(broker, Engine(one_rule(), use_cache=False), alerts=StopOnSeventh(broker), batch_size=3,
+             until_idle_s=None, commit_interval_s=3600)
+    holder["p"] = p
+    m = p.run()
+    assert m.batches == 3 and m.commits == 1
+    assert broker.committed("g", "sigstream.events.sysmon", 0) == 9
