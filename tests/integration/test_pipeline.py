@@ -250,8 +250,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, tmp_path
     publish(kafka_bootstrap, prefix, events, tmp_path / "spool")
     rules = write_rule(tmp_path)
 
+    # small batches, each flushed and committed (a slow member with many commits to kill mid-way)
     first = Proc(run_args(kafka_bootstrap, prefix, group, rules, "--batch-size", "10",
-                          "--session-timeout", "15"))
+                          "--commit-interval", "0", "--session-timeout", "15"))
     try:
         deadline = time.monotonic() + 120
         seen = 0
@@ -368,7 +369,10 @@ def test_sigterm_exits_zero_after_committing(kafka_bootstrap, tmp_path):
     publish(kafka_bootstrap, prefix, events, tmp_path / "spool")
     rules = write_rule(tmp_path)
 
-    first = Proc(run_args(kafka_bootstrap, prefix, group, rules, "--batch-size", "10"))
+    # small batches, each committed: slow enough to be stopped mid-way (the commit on stop with
+    # --commit-interval > 0 is covered by tests/unit/test_processor.py)
+    first = Proc(run_args(kafka_bootstrap, prefix, group, rules, "--batch-size", "10",
+                          "--commit-interval", "0"))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and first.p.poll() is None:
