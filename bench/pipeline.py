@@ -15,7 +15,8 @@
    record's produce timestamp, resp. the moment a consumer here receives it) minus the
    moment the event was handed to the producer. p50/p90/p99/max.
 
-    python bench/pipeline.py [--copies 6] [--rate 5000] [--seconds 20] [--corpus ../shared/corpora]
+    python bench/pipeline.py [--copies 6] [--runs 4] [--latency RATE[:EVERY]] [--seconds 20]
+    BENCH_RUN_ARGS="--commit-interval 0" python bench/pipeline.py --skip-throughput   # extra `run` options
 
 Run alone: the broker, the processor and the load generator share this machine's cores.
 """
@@ -172,7 +173,7 @@ def latency(bootstrap: str, rate: int, seconds: float, match_every: int = 1) -> 
     proc = subprocess.Popen(
         [sys.executable, "-c", "from sigstream.cli import main; main()", "--log-level", "info",
          "--log-format", "json", "run", "-r", str(tmp / "rules"), "--bootstrap", bootstrap,
-         "--topic-prefix", prefix, "--group", "bench-lat", "--from-latest"],
+         "--topic-prefix", prefix, "--group", "bench-lat", "--from-latest", *os.environ.get("BENCH_RUN_ARGS", "").split()],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True)
     assigned = threading.Event()
 
