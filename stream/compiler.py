@@ -511,6 +511,13 @@ _UBIQUITOUS = "\n".join((
     "c:\\users\\", "c:\\programdata\\", "microsoft corporation",
     "microsoft\u00ae windows\u00ae operating system", "nt authority\\system", "c:\\windows\\explorer.exe",
     ".dll", "microsoft-windows-", "\\windows\\system32\\cmd.exe",
+    # shells and LOLBins: in a large share of process creations (Image, ParentImage, command
+    # lines), so a rule's command-line needles select far fewer events than its image name
+    "\\powershell.exe", "\\powershell_ise.exe", "\\pwsh.exe", "pwsh.dll", "\\cmd.exe",
+    "\\rundll32.exe", "\\regsvr32.exe", "\\mshta.exe", "\\wscript.exe", "\\cscript.exe",
+    "\\msiexec.exe", "\\conhost.exe", "\\wmic.exe", "\\net.exe", "\\net1.exe", "\\reg.exe",
+    "\\schtasks.exe", "\\sc.exe", "\\certutil.exe", "\\bitsadmin.exe", "\\wmiprvse.exe",
+    "\\taskhostw.exe", "\\dllhost.exe", "\\services.exe", "\\lsass.exe", "\\winlogon.exe",
 ))
 
 
