@@ -37,7 +37,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Union
+from typing import Any, Callable, IO, Iterable, Iterator, NamedTuple, Union
 
 import orjson
 
@@ -51,8 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRef:
+class SourceRef(NamedTuple):  # a tuple: made per event, twice as cheap as a frozen dataclass
     path: str        # file path as given/found ("<stdin>" for stdin)
     position: int    # 1-based; see module doc (EVTX ordinal / line / array index)
 

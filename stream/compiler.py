@@ -394,8 +394,14 @@ def _spec_needle(spec: tuple) -> tuple[frozenset[str] | None, int]:
     return (frozenset((text,)) if _useful(text) else None), FOLD_NONE
 
 
+RARE_CHARS = "^`"  # cmd and PowerShell escape characters: rare in event data
+
+
 def _useful(needle: str) -> bool:
-    # counted in bytes: a single non-ASCII character (homoglyph, emoji) is selective enough
+    # counted in bytes: a single non-ASCII character (homoglyph, emoji) is selective enough,
+    # and so are two characters with an escape character among them ("^^")
+    if len(needle) >= 2 and any(c in RARE_CHARS for c in needle):
+        return True
     return len(needle.encode("utf-8")) >= (MIN_NEEDLE if needle.isascii() else 2)
 
 

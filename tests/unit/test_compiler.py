@@ -400,3 +400,10 @@ def test_repeated_literal_shapes():
     assert repeated_literal(r"a.*a", re.IGNORECASE) is None
     assert repeated_literal(r"\+.*\+.*-", 0) is None
     assert repeated_literal(r"\+.+\+", 0) is None
+
+
+def test_short_needles_with_escape_characters_are_selective_enough():
+    """'^^' (cmd escapes) is a usable needle; other two-character literals are not."""
+    dosfuscation = ("or", (field("CommandLine", "contains", "^^"), field("CommandLine", "contains", ",;,")))
+    assert needles(dosfuscation) == frozenset({"^^", ",;,"})
+    assert needles(("or", (field("CommandLine", "contains", "-e"), field("X", "contains", ",;,")))) is None
