@@ -261,3 +261,44 @@ def test_alert_and_dead_letter_sinks_and_source_commit(kafka_bootstrap):
     after += src.poll(100, 2.0)
     assert after == []
     src.close()
+
+
+def test_record_producer_fast_path_and_public_path_both_deliver(kafka_bootstrap):
+    """KafkaRecordProducer appends plain records straight to kafka-python's accumulator and
+    sends records with headers (and oversized ones) through KafkaProducer.send: all arrive,
+    in order per key, and flush() accounts for every one."""
+    from connectors.kafka import DeliveryError, KafkaRecordProducer
+
+    prefix = fresh_prefix()
+    settings = KafkaSettings(kafka_bootstrap)
+    topic = f"{prefix}.alerts"
+    create_topics(settings, [topic], partitions=2)
+    producer = KafkaRecordProducer(settings, topic)
+    assert producer._append is not None, "kafka-python 3.0 internals as expected: fast path on"
+    used = {"fast": 0}
+    fast = producer._append
+
+    def counting(partition, key, value):
+        used["fast"] += 1
+        return fast(partition, key, value)
+    producer._append = counting
+    for i in range(300):
+        producer.send(orjson.dumps({"n": i}), b"host-%d" % (i % 3),
+                      headers=[("h", b"1")] if i % 10 == 0 else None)
+    producer.send(b"x" * (2 << 20), b"host-0")   # over max_request_size: refused by send()
+    with pytest.raises(DeliveryError, match="(?i)too large|size"):
+        producer.flush()
+    assert used["fast"] == 270                    # the 30 with headers went through send()
+    assert producer.acked == 300
+    producer.close()
+
+    src = KafkaSource(settings, [topic], group_id=f"g-{uuid.uuid4().hex[:6]}")
+    got, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline and len(got) < 300:
+        got += src.poll(500, 0.5)
+    src.close()
+    assert len(got) == 300
+    for host in (b"host-0", b"host-1", b"host-2"):
+        ns = [orjson.loads(m.value)["n"] for m in got if m.key == host]
+        assert ns == sorted(ns) and len(ns) == 100
+    assert sum(1 for m in got if m.headers) == 30
