@@ -2,9 +2,10 @@
 
 A matcher is `match(event, low) -> bool` where `event` is the flat event and
 `low` is its `LowerCased` view: each scalar field's lower-cased text, computed
-on first use and shared by all rules evaluated on the event. Compilation merges OR-lists of string values on one field into a
-single predicate (set lookup, startswith/endswith tuples, one alternation) and
-orders AND children so cheap, selective checks run first.
+on first use and shared by all rules evaluated on the event. Compilation merges
+OR-lists of string values (and of numbers) on one field into a single predicate
+(set lookup, startswith/endswith tuples, one alternation) and orders AND
+children so cheap, selective checks run first.
 
 `needles(ir)` gives literal texts of which at least one must occur in the
 event's lower-cased text for the rule to match (None: no such guarantee); the

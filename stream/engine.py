@@ -2,8 +2,9 @@
 
 Per event: find the bucket of rules for its (Channel, EventID) (built once per
 key and cached), scan the event's values for the bucket's needles (ignoring
-case), and run the few candidate rules on a lazily lower-cased view of it. `match_all` evaluates every
-rule on every event (no routing, no prefilter) and exists to check the index.
+case), and run the few candidate rules on a lazily lower-cased view of it.
+`match_all` evaluates every rule on every event (no routing, no prefilter) and
+exists to check the index.
 """
 from __future__ import annotations
 
@@ -132,10 +133,8 @@ class Engine:
     def _bucket(self, channel: Any, event_id: Any) -> Bucket:
         key = event_key(channel, event_id)
         members = range(len(self.rules)) if key == UNROUTABLE else self._router.rules_for(*key)
-        bucket = Bucket(self._index, members, self._fold)
-        bucket.non_strings = needs_non_strings(
-            n for i in bucket.members for n in (self._needles[i] or ()))
-        return bucket
+        non_strings = needs_non_strings(n for i in members for n in (self._needles[i] or ()))
+        return Bucket(self._index, members, self._fold, non_strings)
 
     def match(self, event: dict) -> list[CompiledRule]:
         """The rules that match this (normalised) event, in load order."""
@@ -155,8 +154,8 @@ class Engine:
         low = LowerCased(event)
         rules = self.rules
         self._last = (event, low)
-        candidates = bucket.candidates(event_text(event, bucket.non_strings), self._needles.__getitem__,
-                                       self._cache)
+        text = event_text(event, bucket.non_strings)
+        candidates = bucket.candidates(text, self._needles.__getitem__, self._cache)
         return self._run(map(rules.__getitem__, candidates), event, low)
 
     def explain(self, hit: CompiledRule, event: dict) -> list[dict]:

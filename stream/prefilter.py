@@ -7,8 +7,8 @@ never miss.
 
 One `NeedleIndex` holds the needles of all rules. Hyperscan scans it in about
 a microsecond per event, ignoring ASCII case (so ASCII text is scanned as it
-is; other text is lower-cased first), and reports each needle once; pyahocorasick is the
-portable fallback. A `Bucket` narrows the hits to the rules of one log-source
+is; other text is lower-cased first), and reports each needle once;
+pyahocorasick is the portable fallback. A `Bucket` narrows the hits to the rules of one log-source
 key, lazily, per needle.
 """
 from __future__ import annotations
@@ -137,15 +137,17 @@ class Bucket:
                  "_by_needle", "_own", "_events")
 
     def __init__(self, index: NeedleIndex, members: Iterable[int],
-                 fold: dict[int, frozenset[int]] | None = None):
+                 fold: dict[int, frozenset[int]] | None = None, non_strings: bool = True):
         """`fold`: rules by how their needles depend on re's Unicode case folding
-        (stream.compiler.needle_folding); they are added when the text could hide a needle."""
+        (stream.compiler.needle_folding); they are added when the text could hide a needle.
+        `non_strings`: whether the scanned text needs the event's numbers, bools and nulls
+        (stream.engine.needs_non_strings)."""
         fold = fold or {}
         self.members = frozenset(members)
         self.always = sorted(self.members & index.unfiltered)
         self.fold_ascii = sorted(self.members & fold.get(FOLD_ASCII, frozenset()))
         self.fold_unicode = sorted(self.members & fold.get(FOLD_UNICODE, frozenset()))
-        self.non_strings = True  # does the scan need numbers, bools and nulls (set by the engine)
+        self.non_strings = non_strings
         self._index = index
         self._by_needle: dict[int, tuple[int, ...]] = {}
         self._own: NeedleIndex | None = None

@@ -116,13 +116,13 @@ class _CutMessage:
         self.headers = list(getattr(msg, "headers", None) or [])
 
 
-_second: tuple[int, str] = (-1, "")
-
-
 def _source_of(msg: Any, env: dict) -> dict[str, Any]:
     """An alert's `source`: where its event was consumed."""
     return {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
             "event_id": env["event_id"]}
+
+
+_second: tuple[int, str] = (-1, "")  # (epoch second, its formatted text), for iso_utc
 
 
 def iso_utc(ts: float) -> str:

@@ -242,6 +242,18 @@ def test_end_to_end_collect_run_alerts_equal_in_process_engine(kafka_bootstrap, 
     assert m["events"] == events and m["dead_letters"] == 0
 
 
+def alerts_while_running(proc: Proc, bootstrap: str, topic: str, at_least: int,
+                         timeout_s: float = 120) -> int:
+    """How many alerts `topic` holds once it has `at_least` (or `proc` ended, or time ran out)."""
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline and proc.p.poll() is None:
+        seen = len(read_topic(bootstrap, topic, timeout=3, idle=0.5))
+        if seen >= at_least:
+            break
+    return seen
+
+
 def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, tmp_path):
     prefix, group = fresh("crash"), fresh("g")
     make_topics(kafka_bootstrap, prefix)
@@ -254,12 +266,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, tmp_path
     first = Proc(run_args(kafka_bootstrap, prefix, group, rules, "--batch-size", "10",
                           "--commit-interval", "0", "--session-timeout", "15"))
     try:
-        deadline = time.monotonic() + 120
-        seen = 0
-        while time.monotonic() < deadline and first.p.poll() is None:
-            seen = len(read_topic(kafka_bootstrap, f"{prefix}.alerts", timeout=3, idle=0.5))
-            if seen >= 200:
-                break
+        seen = alerts_while_running(first, kafka_bootstrap, f"{prefix}.alerts", at_least=200)
         assert first.p.poll() is None, f"processor exited early:\n{first.tail()}"
         assert seen >= 200, f"no alerts within 120s:\n{first.tail()}"
     finally:
@@ -374,10 +381,7 @@ def test_sigterm_exits_zero_after_committing(kafka_bootstrap, tmp_path):
     first = Proc(run_args(kafka_bootstrap, prefix, group, rules, "--batch-size", "10",
                           "--commit-interval", "0"))
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and first.p.poll() is None:
-            if len(read_topic(kafka_bootstrap, f"{prefix}.alerts", timeout=3, idle=0.5)) >= 200:
-                break
+        alerts_while_running(first, kafka_bootstrap, f"{prefix}.alerts", at_least=200)
     finally:
         first.p.send_signal(signal.SIGTERM)
     assert first.wait(60) == 0, first.tail()
