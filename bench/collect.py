@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.kafka import (KafkaEventPublisher, KafkaSettings, all_topics,  # noqa: E402
+from sigstream.connectors.kafka import (KafkaEventPublisher, KafkaSettings, all_topics,  # noqa: E402
                               best_compression, create_topics)
-from connectors.readers import find_event_files, read_events  # noqa: E402
+from sigstream.connectors.readers import find_event_files, read_events  # noqa: E402
 from _broker import Broker  # noqa: E402
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "evtx-attack-samples"

@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.readers import find_event_files, read_events  # noqa: E402
-from stream.alerts import build_alert  # noqa: E402
-from stream.engine import Engine  # noqa: E402
-from stream.rules import RuleSelection, load_rules  # noqa: E402
+from sigstream.connectors.readers import find_event_files, read_events  # noqa: E402
+from sigstream.stream.alerts import build_alert  # noqa: E402
+from sigstream.stream.engine import Engine  # noqa: E402
+from sigstream.stream.rules import RuleSelection, load_rules  # noqa: E402
 
 SIGMA_DIRS = ("rules/windows", "rules-emerging-threats", "rules-threat-hunting")
 
@@ -83,7 +83,7 @@ def main() -> None:
         warm_runs = [timed(lambda: load_rules(rule_dirs, selection=windows, cache_dir=cache))
                      for _ in range(3)]
     warm = statistics.median(t for t, _ in warm_runs)
-    from stream.enrich import enrich
+    from sigstream.stream.enrich import enrich
     compile_s, engine = timed(lambda: Engine(loaded.rules, enrich=enrich if args.enrich else None))
 
     first_s, (n, hits) = timed(lambda: hunt(engine, files))

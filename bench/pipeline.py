@@ -42,13 +42,13 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from _broker import Broker  # noqa: E402
 
-from connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaEventPublisher,  # noqa: E402
+from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaEventPublisher,  # noqa: E402
                               KafkaSettings, KafkaSource, all_topics, create_topics, event_topic_pattern)
-from connectors.readers import read_events  # noqa: E402
-from stream.engine import Engine  # noqa: E402
-from stream.enrich import enrich  # noqa: E402
-from stream.processor import Processor  # noqa: E402
-from stream.rules import RuleSelection, load_rules  # noqa: E402
+from sigstream.connectors.readers import read_events  # noqa: E402
+from sigstream.stream.engine import Engine  # noqa: E402
+from sigstream.stream.enrich import enrich  # noqa: E402
+from sigstream.stream.processor import Processor  # noqa: E402
+from sigstream.stream.rules import RuleSelection, load_rules  # noqa: E402
 
 SIGMA_DIRS = ("rules/windows", "rules-emerging-threats", "rules-threat-hunting")
 SYSMON = "Microsoft-Windows-Sysmon/Operational"

@@ -40,7 +40,7 @@ from typing import Any, Callable, IO
 import orjson
 import yaml
 
-from stream.envelope import encode, wrap
+from sigstream.stream.envelope import encode, wrap
 
 log = logging.getLogger("sigstream.agent")
 
@@ -132,7 +132,7 @@ class AgentConfig:
 
     def kafka_settings(self) -> Any:
         """connectors.kafka.KafkaSettings from the `kafka:` section (unset keys: defaults)."""
-        from connectors.kafka import KafkaSettings
+        from sigstream.connectors.kafka import KafkaSettings
         return KafkaSettings(**{k: v for k, v in self.kafka.items() if v is not None})
 
 
@@ -151,7 +151,7 @@ def _section(doc: dict, name: str, keys: set[str]) -> dict:
 
 
 def config_from_dict(doc: dict) -> AgentConfig:
-    from connectors.etw import DEFAULT_PROVIDERS, KNOWN_PROVIDERS, EtwProvider
+    from sigstream.connectors.etw import DEFAULT_PROVIDERS, KNOWN_PROVIDERS, EtwProvider
 
     if not isinstance(doc, dict):
         raise ConfigError("the configuration must be a YAML mapping")
@@ -265,13 +265,13 @@ def config_from_dict(doc: dict) -> AgentConfig:
 
     a = _section(doc, "actions", {"enabled", "keys", "dry_run", "keep_open", "rollback_after_s"})
     if a:
-        from connectors.agent_actions import ActionsConfig
+        from sigstream.connectors.agent_actions import ActionsConfig
         kw["actions"] = ActionsConfig(
             enabled=bool(a.get("enabled", False)), keys=a.get("keys"),
             dry_run=bool(a.get("dry_run", True)), keep_open=[str(x) for x in a.get("keep_open") or []],
             rollback_after_s=float(a.get("rollback_after_s", 900.0)))
         if kw["actions"].enabled:  # fail at start-up, not when the first request arrives
-            from stream.actions import load_keyring
+            from sigstream.stream.actions import load_keyring
             try:
                 load_keyring(kw["actions"].keys)
             except (OSError, ValueError) as e:
@@ -516,7 +516,7 @@ class StreamSink:
 def make_sink(spec: str | None, cfg: AgentConfig) -> Any:
     """``None``/``kafka`` -> KafkaEventPublisher; ``stdout``; ``file://PATH``."""
     if spec in (None, "", "kafka"):
-        from connectors.kafka import KafkaEventPublisher
+        from sigstream.connectors.kafka import KafkaEventPublisher
         Path(cfg.spool_dir).mkdir(parents=True, exist_ok=True)
         return KafkaEventPublisher(cfg.kafka_settings(), collector_id=cfg.host_id, spool_dir=cfg.spool_dir,
                                    spool_max_bytes=cfg.spool_max_bytes, topic_prefix=cfg.topic_prefix)
@@ -623,8 +623,8 @@ class Agent:
         return emit
 
     def build_sources(self) -> list:
-        from connectors.etw import EtwSource
-        from connectors.eventlog import EventLogSource
+        from sigstream.connectors.etw import EtwSource
+        from sigstream.connectors.eventlog import EventLogSource
         cfg = self.cfg
         out: list = []
         if cfg.etw_enabled:
@@ -771,7 +771,7 @@ class Agent:
             if self.sink_spec not in (None, "", "kafka"):
                 log.warning("actions need the Kafka sink; response side not started")
             else:
-                from connectors.agent_actions import ActionRunner
+                from sigstream.connectors.agent_actions import ActionRunner
                 self.actions = ActionRunner(self.cfg.actions, self.cfg.computer_name, self.cfg.kafka_settings(),
                                             self.cfg.topic_prefix, Path(self.cfg.state_dir) / "actions").start()
         started = []

@@ -34,16 +34,16 @@ class ActionRunner:
 
     def __init__(self, cfg: ActionsConfig, host: str, settings: Any, topic_prefix: str,
                  state_dir: Path):
-        from connectors.executor import DryRunExecutor, EndpointExecutor, SeenStore
-        from connectors.kafka import KafkaRecordProducer, KafkaSource, action_results_topic, actions_topic
-        from stream.actions import load_keyring
+        from sigstream.connectors.executor import DryRunExecutor, EndpointExecutor, SeenStore
+        from sigstream.connectors.kafka import KafkaRecordProducer, KafkaSource, action_results_topic, actions_topic
+        from sigstream.stream.actions import load_keyring
 
         state_dir.mkdir(parents=True, exist_ok=True)
         self.watchdog = None
         if cfg.dry_run or sys.platform != "win32":
             executor: Any = DryRunExecutor()
         else:  # pragma: no cover - Windows only
-            from connectors.executor_windows import Isolation, IsolationWatchdog, WindowsExecutor
+            from sigstream.connectors.executor_windows import Isolation, IsolationWatchdog, WindowsExecutor
             allowed = [*settings.bootstrap.split(","), *cfg.keep_open]
             isolation = Isolation(state_dir, allowed=allowed)
             executor = WindowsExecutor(state_dir / "registry-backups", isolation)
@@ -61,7 +61,7 @@ class ActionRunner:
         return self
 
     def _run(self) -> None:
-        from connectors.executor import run_loop
+        from sigstream.connectors.executor import run_loop
 
         on_poll = self.watchdog.heartbeat if self.watchdog is not None else None
         while not self.stop_event.is_set():

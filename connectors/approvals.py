@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.actions import ActionRequest
+from sigstream.stream.actions import ActionRequest
 
 
 def default_path() -> Path:

@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from connectors.winevent import normalize_etw
+from sigstream.connectors.winevent import normalize_etw
 
 log = logging.getLogger(__name__)
 

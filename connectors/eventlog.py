@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from connectors.winevent import parse_event_xml
+from sigstream.connectors.winevent import parse_event_xml
 
 log = logging.getLogger(__name__)
 

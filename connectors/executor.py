@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 
 import orjson
 
-from stream.actions import EXECUTABLE_APPROVALS, ActionError, ActionRequest, Keyring, decode, verify
+from sigstream.stream.actions import EXECUTABLE_APPROVALS, ActionError, ActionRequest, Keyring, decode, verify
 
 log = logging.getLogger(__name__)
 CLOCK_SKEW_S = 300.0

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from connectors.executor import Outcome
+from sigstream.connectors.executor import Outcome
 
 log = logging.getLogger(__name__)
 RULE_PREFIX = "sigstream-isolation"

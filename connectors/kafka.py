@@ -73,9 +73,9 @@ from kafka import errors as kerrors
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.partitioner.default import murmur2
 
-from connectors.message import Message
-from connectors.spool import Spool, SpoolRecord
-from stream.envelope import encode, host_key, wrap
+from sigstream.connectors.message import Message
+from sigstream.connectors.spool import Spool, SpoolRecord
+from sigstream.stream.envelope import encode, host_key, wrap
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
-from connectors.message import Headers, Message
+from sigstream.connectors.message import Headers, Message
 
 EVENTS_TOPIC_PREFIX = "sigstream.events."
 EVENTS_TOPIC_PATTERN = r"sigstream\.events\..*"
@@ -251,7 +251,7 @@ class MemoryDeadLetterSink:
 
 def publish_events(producer: Any, events: Iterable[dict], collector_id: str = "embedded") -> int:
     """Wrap, encode and send normalised events to their per-source topics (embedded collector)."""
-    from stream.envelope import encode, host_key, wrap
+    from sigstream.stream.envelope import encode, host_key, wrap
     n = 0
     for event in events:
         env = wrap(event, collector_id)

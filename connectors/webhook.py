@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import orjson
 
-from stream.alert_formats import render
+from sigstream.stream.alert_formats import render
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})

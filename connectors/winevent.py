@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from connectors.normalize import NormalizeError, int_of_text, normalize, to_utc_iso
+from sigstream.connectors.normalize import NormalizeError, int_of_text, normalize, to_utc_iso
 
 __all__ = [
     "PROVIDERS", "INT_FIELDS", "translate_registry_path", "filetime_to_iso",

@@ -13,7 +13,7 @@ import orjson
 import yaml
 from rich.console import Console
 
-from stream.rules import LEVELS, LoadedRules, RuleSelection, load_rules
+from sigstream.stream.rules import LEVELS, LoadedRules, RuleSelection, load_rules
 
 STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
 EXIT_USAGE = 2
@@ -138,12 +138,12 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
       sigstream hunt -r ../sigma/rules/windows --min-level high -f jsonl -o hits.jsonl logs/
     Exit status: 0 whether or not anything matched; 2 on usage errors or --strict rule errors.
     """
-    from connectors.readers import find_event_files, read_events
-    from connectors.sinks import CsvSink, JsonlSink
+    from sigstream.connectors.readers import find_event_files, read_events
+    from sigstream.connectors.sinks import CsvSink, JsonlSink
     from sigstream.render import TableSink
-    from stream.alerts import build_alert
-    from stream.engine import Engine
-    from stream.reassembly import ScriptBlockAssembler
+    from sigstream.stream.alerts import build_alert
+    from sigstream.stream.engine import Engine
+    from sigstream.stream.reassembly import ScriptBlockAssembler
 
     try:
         files = find_event_files(paths)
@@ -153,7 +153,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     loaded = _load(opts)
     rules = list(loaded.rules)
     if ioc_paths:
-        from stream.ioc import load_ioc_files
+        from sigstream.stream.ioc import load_ioc_files
         iocs = load_ioc_files(ioc_paths)
         for p in iocs.problems:
             err_console.print(f"[yellow]ioc list[/yellow] {p}", soft_wrap=True)
@@ -161,7 +161,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     if no_enrich:
         enrich = None
     else:
-        from stream.enrich import enrich
+        from sigstream.stream.enrich import enrich
     engine = Engine(rules, enrich=enrich)
     load_seconds = time.perf_counter() - t0
 
@@ -174,7 +174,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     else:
         sink = JsonlSink(out_stream) if fmt == "jsonl" else CsvSink(out_stream)
     if alert_format != "native":
-        from stream.alert_formats import FormattingSink
+        from sigstream.stream.alert_formats import FormattingSink
         sink = FormattingSink(sink, alert_format)
 
     errors_out = open(errors_path, "wb") if errors_path else None
@@ -265,7 +265,7 @@ def check(rule_paths: tuple[str, ...], **opts: Any) -> None:
 
     One line per problem with its location; exit 1 if any rule has an error.
     """
-    from stream.engine import Engine
+    from sigstream.stream.engine import Engine
 
     opts.update(rule_paths=rule_paths, statuses=STATUSES)
     loaded = _load(opts, quiet=True)
@@ -295,9 +295,9 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
           expect: match            # or no_match
           event: {EventID: 1, Channel: Microsoft-Windows-Sysmon/Operational, ...}
     """
-    from connectors.normalize import normalize
-    from stream.enrich import enrich
-    from stream.ruletests import run_tests
+    from sigstream.connectors.normalize import normalize
+    from sigstream.stream.enrich import enrich
+    from sigstream.stream.ruletests import run_tests
 
     report = run_tests(rule_paths, prepare=normalize, enrich=enrich)
     for e in report.errors:

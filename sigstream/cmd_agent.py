@@ -31,7 +31,7 @@ def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime:
     Stops cleanly on Ctrl+C / SIGTERM / Ctrl+Break (the Windows service wrapper sends Ctrl+C):
     the ETW session is stopped, queued events are published or spooled, bookmarks are saved.
     """
-    from connectors.agent import Agent, ConfigError, load_config, setup_logging
+    from sigstream.connectors.agent import Agent, ConfigError, load_config, setup_logging
 
     try:
         cfg = load_config(config_path)

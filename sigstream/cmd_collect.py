@@ -39,7 +39,7 @@ class _LineSink:
         self.count = 0
 
     def publish(self, event: dict, collector_id: str) -> None:
-        from stream.envelope import encode, wrap
+        from sigstream.stream.envelope import encode, wrap
         self.out.write(encode(wrap(event, collector_id)) + b"\n")
         self.count += 1
 
@@ -105,7 +105,7 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
     """
     import orjson
 
-    from connectors.readers import find_event_files, read_events, read_stdin_events
+    from sigstream.connectors.readers import find_event_files, read_events, read_stdin_events
 
     kind = source_kind or ("stdin" if not paths else "files")
     if kind == "stdin" and paths:
@@ -142,8 +142,8 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
             raise click.UsageError("--sink file://PATH needs a path")
         line_sink = _LineSink(open(target, "wb"), close=True)
     elif sink == "kafka" or sink.startswith("kafka://"):
-        from connectors.kafka import KafkaError, KafkaEventPublisher, KafkaSettings, all_topics
-        from connectors.kafka import create_topics as do_create
+        from sigstream.connectors.kafka import KafkaError, KafkaEventPublisher, KafkaSettings, all_topics
+        from sigstream.connectors.kafka import create_topics as do_create
         if sink.startswith("kafka://"):
             bootstrap = sink[len("kafka://"):].rstrip("/")
             if not bootstrap:
@@ -277,7 +277,7 @@ def topics_create(bootstrap: str, partitions: int, replication_factor: int,
       sigstream topics create
       sigstream topics create --bootstrap kafka1:9092 --partitions 12 --retention-hours 72
     """
-    from connectors.kafka import KafkaError, KafkaSettings, all_topics, create_topics
+    from sigstream.connectors.kafka import KafkaError, KafkaSettings, all_topics, create_topics
 
     names = all_topics(topic_prefix, [s.strip() for s in sources.split(",") if s.strip()])
     settings = KafkaSettings.from_env(bootstrap=bootstrap, client_id="sigstream-admin")

@@ -45,7 +45,7 @@ def _state_opt(f: Callable) -> Callable:
 
 
 def _keyring(path: str | None) -> Any:
-    from stream.actions import ActionError, load_keyring
+    from sigstream.stream.actions import ActionError, load_keyring
     try:
         return load_keyring(path)
     except (ActionError, OSError) as e:
@@ -66,7 +66,7 @@ def _webhook(policy: Any) -> Any:
     cfg = policy.notify
     if not cfg:
         return None
-    from connectors.webhook import WebhookSink
+    from sigstream.connectors.webhook import WebhookSink
     secret_env = cfg.get("secret_env")
     secret = os.environ.get(secret_env, "").encode() if secret_env else None
     return WebhookSink(cfg["url"], payload=cfg.get("format", "json"), alert_format=cfg.get("alert_format", "native"),
@@ -126,10 +126,10 @@ def respond(policy_path: str, bootstrap: str | None, keys_path: str | None, stat
     require_approval: false. One line per decision on stdout (JSON).
     Example: sigstream respond --policy policy.yaml --bootstrap 127.0.0.1:9092
     """
-    from connectors.approvals import ApprovalStore
-    from connectors.kafka import ACTIONS_TOPIC, ALERTS_TOPIC, KafkaRecordProducer, KafkaSettings, KafkaSource
-    from stream.policy import Policy, PolicyError
-    from stream.responder import Responder
+    from sigstream.connectors.approvals import ApprovalStore
+    from sigstream.connectors.kafka import ACTIONS_TOPIC, ALERTS_TOPIC, KafkaRecordProducer, KafkaSettings, KafkaSource
+    from sigstream.stream.policy import Policy, PolicyError
+    from sigstream.stream.responder import Responder
 
     try:
         policy = Policy.load(policy_path)
@@ -186,7 +186,7 @@ def actions() -> None:
               help="Default: table on a terminal, jsonl otherwise.")
 def actions_list(state_path: str | None, show_all: bool, fmt: str | None) -> None:
     """List action requests (default: the pending ones)."""
-    from connectors.approvals import ApprovalStore
+    from sigstream.connectors.approvals import ApprovalStore
     store = ApprovalStore(state_path)
     rows = store.list(time.time(), None if show_all else ("pending",))
     store.close()
@@ -206,8 +206,8 @@ def actions_list(state_path: str | None, show_all: bool, fmt: str | None) -> Non
 
 def _decide(action_id: str, approve: bool, by: str | None, state_path: str | None,
             execute_ttl: str, bootstrap: str | None, keys_path: str | None) -> None:
-    from connectors.approvals import ApprovalError, ApprovalStore
-    from stream.dedup import parse_duration
+    from sigstream.connectors.approvals import ApprovalError, ApprovalStore
+    from sigstream.stream.dedup import parse_duration
     by = by or os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
     ring = _keyring(keys_path) if approve else None
     if approve:
@@ -221,8 +221,8 @@ def _decide(action_id: str, approve: bool, by: str | None, state_path: str | Non
     finally:
         store.close()
     if approve:
-        from connectors.kafka import ACTIONS_TOPIC, KafkaRecordProducer, KafkaSettings
-        from stream.actions import encode, sign
+        from sigstream.connectors.kafka import ACTIONS_TOPIC, KafkaRecordProducer, KafkaSettings
+        from sigstream.stream.actions import encode, sign
         producer = KafkaRecordProducer(KafkaSettings.from_env(bootstrap), ACTIONS_TOPIC)
         try:
             producer.send(encode(sign(req, ring)), req.host.encode("utf-8", "surrogatepass"))
@@ -270,16 +270,16 @@ def actions_execute(host: str, bootstrap: str | None, keys_path: str | None, see
                     real: bool, backup_dir: str, group: str | None, max_actions: int | None,
                     timeout: float | None) -> None:
     """Endpoint executor: run this host's signed action requests, report on action-results."""
-    from connectors.approvals import default_path
-    from connectors.executor import DryRunExecutor, EndpointExecutor, SeenStore
-    from connectors.kafka import ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, KafkaRecordProducer, KafkaSettings, KafkaSource
+    from sigstream.connectors.approvals import default_path
+    from sigstream.connectors.executor import DryRunExecutor, EndpointExecutor, SeenStore
+    from sigstream.connectors.kafka import ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, KafkaRecordProducer, KafkaSettings, KafkaSource
 
     if real and sys.platform != "win32":
         raise click.UsageError("--real needs Windows; without it actions are dry runs")
     ring = _keyring(keys_path)
     settings = KafkaSettings.from_env(_need_bootstrap(bootstrap, "actions execute"))
     if real:
-        from connectors.executor_windows import WindowsExecutor
+        from sigstream.connectors.executor_windows import WindowsExecutor
         executor: Any = WindowsExecutor(backup_dir)
     else:
         executor = DryRunExecutor()

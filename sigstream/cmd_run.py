@@ -24,16 +24,14 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from connectors.memory import ALERTS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC_PATTERN
+from sigstream.connectors.memory import ALERTS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC_PATTERN
+from sigstream.resources import bundled_rules, sample_files, samples_dir
 from sigstream.cli import EXIT_USAGE, _load, err_console, main, rule_options
 from sigstream.render import LEVEL_RANK, LEVEL_STYLE, summary_table, what
-from stream.rules import LEVELS, find_rule_files
+from sigstream.stream.rules import LEVELS, find_rule_files
 
 log = logging.getLogger("sigstream.run")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLES_DIR = REPO_ROOT / "samples"
-BUNDLED_RULES = REPO_ROOT / "sigma_rules"
 DEFAULT_GROUP = "sigstream-processor"
 BOOTSTRAP_ENV = "SIGSTREAM_BOOTSTRAP"
 EXIT_FAILURE = 1
@@ -141,7 +139,7 @@ def _extra_sinks(url: str | None, payload: str, secret_env: str | None, dead_let
         return []
     import os
 
-    from connectors.webhook import WebhookSink
+    from sigstream.connectors.webhook import WebhookSink
     secret = None
     if secret_env:
         if secret_env not in os.environ:
@@ -158,7 +156,7 @@ def _dedup_wrapper(path: str | None) -> Callable[[Any], Any] | None:
     """--dedup FILE -> a function putting a DedupSink in front of the alert sinks."""
     if not path:
         return None
-    from stream.dedup import DedupPolicy, DedupSink, Deduplicator
+    from sigstream.stream.dedup import DedupPolicy, DedupSink, Deduplicator
     try:
         policy = DedupPolicy.from_dict(yaml.safe_load(Path(path).read_text()) or {})
     except Exception as e:
@@ -228,7 +226,7 @@ def engine_options(f: Callable) -> Callable:
 
 def _with_iocs(rules: list, opts: dict[str, Any], quiet: bool = False) -> list:
     if opts.get("ioc_paths"):
-        from stream.ioc import load_ioc_files
+        from sigstream.stream.ioc import load_ioc_files
         iocs = load_ioc_files(opts["ioc_paths"])
         if not quiet:
             for p in iocs.problems:
@@ -239,11 +237,11 @@ def _with_iocs(rules: list, opts: dict[str, Any], quiet: bool = False) -> list:
 
 def _engine_factory(opts: dict[str, Any]) -> Callable[[list], Any]:
     """The same Engine construction as `hunt`: enrichment unless --no-enrich."""
-    from stream.engine import Engine
+    from sigstream.stream.engine import Engine
     enrich = None
     if not opts.get("no_enrich"):
         try:
-            from stream.enrich import enrich
+            from sigstream.stream.enrich import enrich
         except ImportError:  # pragma: no cover - older trees without enrichment
             enrich = None
     return lambda rules: Engine(rules, enrich=enrich) if enrich else Engine(rules)
@@ -280,7 +278,7 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
 def _assembler() -> Any:
     """Multi-part PowerShell script blocks are matched whole, as in `hunt`."""
     try:
-        from stream.reassembly import ScriptBlockAssembler
+        from sigstream.stream.reassembly import ScriptBlockAssembler
     except ImportError:  # pragma: no cover - older trees
         return None
     return ScriptBlockAssembler()
@@ -291,10 +289,10 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
                  watch: Callable | None = None, group: str = DEFAULT_GROUP,
                  wrap: Callable[[Any], Any] | None = None) -> Any:
     """Files -> collector thread -> MemoryBroker -> Processor -> out. Returns the metrics."""
-    from connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
+    from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                    MemorySource, publish_events)
-    from connectors.readers import find_event_files, read_events
-    from stream.processor import Processor
+    from sigstream.connectors.readers import find_event_files, read_events
+    from sigstream.stream.processor import Processor
 
     files = find_event_files(inputs)
     broker = MemoryBroker()
@@ -346,9 +344,9 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
               rule_loader: Callable | None = None, watch: Callable | None = None,
               echo: Any = None, session_timeout_s: float = 45.0,
               wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0) -> Any:
-    from connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
+    from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
                                   KafkaSource, create_topics)
-    from stream.processor import Processor
+    from sigstream.stream.processor import Processor
 
     settings = KafkaSettings(bootstrap=bootstrap)
     try:  # the output topics must exist (the broker may not auto-create them); idempotent
@@ -473,14 +471,14 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
 
     def echo_sink(live: Any) -> Any:
         if live is not None and alert_format != "native":
-            from stream.alert_formats import FormattingSink
+            from sigstream.stream.alert_formats import FormattingSink
             live = FormattingSink(live, alert_format)
         return TeeSink(live, *extras) if (live is not None or extras) else None
 
     t0 = time.perf_counter()
     try:
         if bootstrap is None:
-            metrics = run_embedded(engine, list(inputs) or [str(SAMPLES_DIR)], echo_sink(LiveSink(fmt)),
+            metrics = run_embedded(engine, list(inputs) or [str(samples_dir())], echo_sink(LiveSink(fmt)),
                                    batch_size=batch_size, until_idle=until_idle, rule_loader=loader,
                                    watch=watch, group=group, wrap=wrap)
             mode = "embedded"
@@ -530,8 +528,8 @@ def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, 
     """
     bootstrap = _bootstrap(bootstrap)
     _quiet_kafka_client()
-    opts = {"rule_paths": rule_paths or (str(BUNDLED_RULES),)}
-    files = list(inputs) or sorted(str(p) for p in SAMPLES_DIR.glob("*.jsonl"))
+    opts = {"rule_paths": rule_paths or (str(bundled_rules()),)}
+    files = list(inputs) or [str(p) for p in sample_files()]
     console = Console(highlight=False, soft_wrap=True)
     engine = _engine(opts)
     console.print(f"[bold]sigstream demo[/bold]: {len(engine.rules)} rules, replaying "
@@ -563,8 +561,8 @@ def _collect_to_kafka(bootstrap: str, files: list[str]) -> None:
     """Publish files to the event topics (creating the topics) via connectors.kafka."""
     import tempfile
 
-    from connectors import kafka as kc
-    from connectors.readers import read_events
+    from sigstream.connectors import kafka as kc
+    from sigstream.connectors.readers import read_events
 
     settings = kc.KafkaSettings(bootstrap=bootstrap)
     kc.create_topics(settings, kc.all_topics(), 3)
@@ -663,7 +661,7 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
     if bootstrap is None:
         raise click.UsageError(f"alerts tail needs a broker: --bootstrap HOST:PORT or ${BOOTSTRAP_ENV} "
                                "(the embedded `run`/`demo` print alerts on stdout)")
-    from connectors.kafka import KafkaSettings, KafkaSource
+    from sigstream.connectors.kafka import KafkaSettings, KafkaSource
 
     _quiet_kafka_client()
     fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
@@ -672,7 +670,7 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
     keep = alert_filter(level, host, rule, tag)
     out: Any = LiveSink(fmt, summary=False)
     if alert_format != "native":
-        from stream.alert_formats import FormattingSink
+        from sigstream.stream.alert_formats import FormattingSink
         out = FormattingSink(out, alert_format)
     settings = KafkaSettings(bootstrap=bootstrap)
     results_topic = f"{topic_prefix}.action-results"

@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from stream.alert_context import basename, process_of, registry_of, severity
-from stream.attack_names import tactic_name, tactic_url, technique_name, technique_url
+from sigstream.stream.alert_context import basename, process_of, registry_of, severity
+from sigstream.stream.attack_names import tactic_name, tactic_url, technique_name, technique_url
 
 FORMATS = ("native", "ecs", "ocsf")
 ECS_VERSION = "8.11.0"

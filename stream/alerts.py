@@ -11,10 +11,10 @@ import hashlib
 import re
 from typing import Any
 
-from stream.alert_context import process_of, registry_of, severity
-from stream.attack_names import TACTIC_NAMES, tactic_name, technique_name
-from stream.engine import CompiledRule
-from stream.envelope import event_fingerprint
+from sigstream.stream.alert_context import process_of, registry_of, severity
+from sigstream.stream.attack_names import TACTIC_NAMES, tactic_name, technique_name
+from sigstream.stream.engine import CompiledRule
+from sigstream.stream.envelope import event_fingerprint
 
 _TECHNIQUE = re.compile(r"^attack\.(t\d{4}(?:\.\d{3})?)$", re.IGNORECASE)
 # "attack.defense-evasion" / "attack.defense_evasion" -> TA0005, from the one names table

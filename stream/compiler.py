@@ -18,7 +18,7 @@ import re._constants as _sre_constants
 import re._parser as _sre_parser
 from typing import Any, Callable
 
-from stream import values as V
+from sigstream.stream import values as V
 
 Matcher = Callable[[dict, dict], bool]
 MISSING = object()

@@ -15,12 +15,12 @@ from itertools import compress
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from stream.cache import default_cache_dir
-from stream.compiler import (FOLD_ASCII, FOLD_UNICODE, Explainer, LowerCased, Matcher,
+from sigstream.stream.cache import default_cache_dir
+from sigstream.stream.compiler import (FOLD_ASCII, FOLD_UNICODE, Explainer, LowerCased, Matcher,
                              compile_detection, compile_explainer, needle_folding, needles)
-from stream.prefilter import Bucket, NeedleIndex
-from stream.routing import UNROUTABLE, LogsourceRouter, event_key, route_of
-from stream.rules import Rule
+from sigstream.stream.prefilter import Bucket, NeedleIndex
+from sigstream.stream.routing import UNROUTABLE, LogsourceRouter, event_key, route_of
+from sigstream.stream.rules import Rule
 
 log = logging.getLogger(__name__)
 MAX_BUCKETS = 4096  # distinct (channel, event id) keys kept; beyond that, built per event

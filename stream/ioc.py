@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from stream.rules import LEVELS, Rule
+from sigstream.stream.rules import LEVELS, Rule
 
 IOC_NAMESPACE = uuid.UUID("6f2d3c8e-5a41-4b7e-9c0d-2e6b1a9f4c75")
 DEFAULT_LEVEL = "high"

@@ -56,7 +56,7 @@ from sigma.types import (
     SpecialChars,
 )
 
-IR_VERSION = 8  # bump when the IR shape or its semantics change (invalidates caches)
+IR_VERSION = 9  # bump when the IR shape or its semantics change (invalidates caches)
 
 Placeholders = dict[str, list[str]]
 

@@ -35,9 +35,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.actions import ACTION_TYPES, DESTRUCTIVE, ActionRequest
-from stream.alert_context import process_of, registry_of
-from stream.dedup import parse_duration
+from sigstream.stream.actions import ACTION_TYPES, DESTRUCTIVE, ActionRequest
+from sigstream.stream.alert_context import process_of, registry_of
+from sigstream.stream.dedup import parse_duration
 
 LEVELS = ("informational", "low", "medium", "high", "critical")
 _MATCH_KEYS = {"rule_id", "tags", "level", "host", "not_host"}

@@ -19,8 +19,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from stream.cache import prune
-from stream.compiler import ASCII_FOLD_CHARS, FOLD_ASCII, FOLD_UNICODE
+from sigstream.stream.cache import prune
+from sigstream.stream.compiler import ASCII_FOLD_CHARS, FOLD_ASCII, FOLD_UNICODE
 
 log = logging.getLogger(__name__)
 Scanner = Callable[[bytes], set]  # UTF-8 text, lower-cased unless ASCII -> needle ids

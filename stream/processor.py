@@ -61,10 +61,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, Sequence
 
-from stream.alerts import build_alert
-from stream.engine import Engine
-from stream.envelope import EnvelopeError, decode, event_fingerprint
-from stream.rules import Rule
+from sigstream.stream.alerts import build_alert
+from sigstream.stream.engine import Engine
+from sigstream.stream.envelope import EnvelopeError, decode, event_fingerprint
+from sigstream.stream.rules import Rule
 
 log = logging.getLogger(__name__)
 

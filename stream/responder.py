@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from stream.actions import ActionRequest, Keyring, encode, sign
-from stream.policy import Policy
+from sigstream.stream.actions import ActionRequest, Keyring, encode, sign
+from sigstream.stream.policy import Policy
 
 log = logging.getLogger(__name__)
 

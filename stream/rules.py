@@ -19,8 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from stream import modifiers
-from stream.ir import IR_VERSION, IRError, Placeholders, condition_to_ir
+from sigstream.stream import modifiers
+from sigstream.stream.ir import IR_VERSION, IRError, Placeholders, condition_to_ir
 
 try:  # the C loader is about 5x faster
     from yaml import CSafeLoader as _YamlLoader
@@ -165,7 +165,7 @@ def load_rules(
     progress: Any = None,
 ) -> LoadedRules:
     """Load every rule under `paths`; broken rules become errors, the rest load."""
-    from stream.cache import RuleCache  # local: keeps `import stream.rules` light
+    from sigstream.stream.cache import RuleCache  # local: keeps `import stream.rules` light
 
     files = find_rule_files(paths)
     raw = {f: f.read_bytes() for f in files}

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 
 import yaml
 
-from stream.engine import Engine
-from stream.rules import RuleSelection, find_rule_files, load_rules
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import RuleSelection, find_rule_files, load_rules
 
 TEST_SUFFIXES = (".tests.yml", ".tests.yaml")
 EXPECTATIONS = ("match", "no_match")

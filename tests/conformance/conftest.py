@@ -38,7 +38,7 @@ def attack_samples() -> Path:
 @pytest.fixture(scope="session")
 def windows_rules(sigma_dir, tmp_path_factory):
     """The SigmaHQ Windows set, every status, loaded once (cold: its own cache dir)."""
-    from stream.rules import RuleSelection, load_rules
+    from sigstream.stream.rules import RuleSelection, load_rules
 
     every_status = RuleSelection(statuses=frozenset(
         {"stable", "test", "experimental", "deprecated", "unsupported"}))
@@ -48,14 +48,14 @@ def windows_rules(sigma_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def windows_engine(windows_rules, tmp_path_factory):
-    from stream.engine import Engine
+    from sigstream.stream.engine import Engine
 
     return Engine(windows_rules.rules, cache_dir=tmp_path_factory.mktemp("needle-cache"))
 
 
 @pytest.fixture(scope="session")
 def attack_events(attack_samples):
-    from connectors.readers import find_event_files, read_events
+    from sigstream.connectors.readers import find_event_files, read_events
 
     errors = []
     events = [ev for ev, _ in read_events(find_event_files([attack_samples]), on_error=errors.append)]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from connectors.readers import find_event_files, read_events
-from stream.engine import Engine
-from stream.enrich import enrich
-from stream.rules import load_rules
+from sigstream.connectors.readers import find_event_files, read_events
+from sigstream.stream.engine import Engine
+from sigstream.stream.enrich import enrich
+from sigstream.stream.rules import load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "sigma_rules"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import yaml
 
-from connectors.readers import read_events
-from stream.rules import RuleSelection, find_rule_files, load_rules
+from sigstream.connectors.readers import read_events
+from sigstream.stream.rules import RuleSelection, find_rule_files, load_rules
 
 
 def test_every_sigmahq_file_loads_without_crash(sigma_dir, tmp_path):
-    from stream.engine import Engine
+    from sigstream.stream.engine import Engine
 
     dirs = [p for p in sorted(sigma_dir.iterdir()) if p.is_dir() and p.name != "regression_data"]
     files = find_rule_files(dirs)

@@ -12,10 +12,10 @@ import orjson
 import pytest
 
 import fakes
-from connectors.agent import Agent, config_from_dict
+from sigstream.connectors.agent import Agent, config_from_dict
 from fakes import recordings as R
 
-kafka = pytest.importorskip("connectors.kafka")
+kafka = pytest.importorskip("sigstream.connectors.kafka")
 
 
 def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float = 60) -> list[dict]:
@@ -94,7 +94,7 @@ def test_agent_fake_sources_to_real_broker(monkeypatch, tmp_path, kafka_bootstra
     assert reg["TimeCreated"] == "2026-11-24T09:12:01.555012Z"
 
     # the fragments reassemble into the whole block, as the stream path will do
-    from stream.reassembly import ScriptBlockAssembler
+    from sigstream.stream.reassembly import ScriptBlockAssembler
     asm = ScriptBlockAssembler()
     whole = [o for e in ps for o in asm.feed(e, 0) if o.get("sigstream_Reassembled")]
     assert len(whole) == 1 and whole[0]["ScriptBlockText"].endswith("Invoke-Mimikatz -DumpCreds")

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
-from connectors.kafka import (KafkaEventPublisher, KafkaSettings, KafkaSource, all_topics,
+from sigstream.connectors.kafka import (KafkaEventPublisher, KafkaSettings, KafkaSource, all_topics,
                               create_topics, event_topic, event_topic_pattern)
 
 HOSTS = ["ws-%02d.corp.example" % i for i in range(6)]
@@ -195,7 +195,7 @@ def test_spool_cap_drops_loudly_and_cli_exit_code(tmp_path, cap_bytes, caplog):
     settings = KafkaSettings("127.0.0.1:1")   # nothing listens there
     pub = KafkaEventPublisher(settings, collector_id="it", spool_dir=tmp_path / "spool",
                               memory_limit=10, bootstrap_timeout_s=0.5, spool_max_bytes=cap_bytes)
-    with caplog.at_level("ERROR", logger="connectors.kafka"):
+    with caplog.at_level("ERROR", logger="sigstream.connectors.kafka"):
         for e in make_events(200):
             pub.publish(e)
     s = pub.stats
@@ -215,7 +215,7 @@ def test_spool_cap_drops_loudly_and_cli_exit_code(tmp_path, cap_bytes, caplog):
 def test_alert_and_dead_letter_sinks_and_source_commit(kafka_bootstrap):
     """KafkaAlertSink / KafkaDeadLetterSink write acknowledged records; KafkaSource commits
     only on commit() (what it returned before is not redelivered to the group after it)."""
-    from connectors.kafka import KafkaAlertSink, KafkaDeadLetterSink, Message
+    from sigstream.connectors.kafka import KafkaAlertSink, KafkaDeadLetterSink, Message
 
     prefix = fresh_prefix()
     settings = KafkaSettings(kafka_bootstrap)
@@ -267,7 +267,7 @@ def test_record_producer_fast_path_and_public_path_both_deliver(kafka_bootstrap)
     """KafkaRecordProducer appends plain records straight to kafka-python's accumulator and
     sends records with headers (and oversized ones) through KafkaProducer.send: all arrive,
     in order per key, and flush() accounts for every one."""
-    from connectors.kafka import DeliveryError, KafkaRecordProducer
+    from sigstream.connectors.kafka import DeliveryError, KafkaRecordProducer
 
     prefix = fresh_prefix()
     settings = KafkaSettings(kafka_bootstrap)

@@ -19,12 +19,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.kafka import KafkaEventPublisher, KafkaSettings, KafkaSource, all_topics, create_topics
-from connectors.readers import read_events
-from stream.alerts import alert_id
-from stream.engine import Engine
-from stream.envelope import MAX_MESSAGE_BYTES, encode, event_fingerprint, wrap
-from stream.rules import load_rules
+from sigstream.connectors.kafka import KafkaEventPublisher, KafkaSettings, KafkaSource, all_topics, create_topics
+from sigstream.connectors.readers import read_events
+from sigstream.stream.alerts import alert_id
+from sigstream.stream.engine import Engine
+from sigstream.stream.envelope import MAX_MESSAGE_BYTES, encode, event_fingerprint, wrap
+from sigstream.stream.rules import load_rules
 
 REPO = Path(__file__).resolve().parents[2]
 CORPORA = REPO.parent / "shared" / "corpora"
@@ -214,11 +214,11 @@ def test_end_to_end_collect_run_alerts_equal_in_process_engine(kafka_bootstrap, 
                          "--until-idle", "8"))
     assert proc.wait(300) == 0, proc.tail()
 
-    from stream.enrich import enrich      # `run` matches like `hunt`: enriched events
+    from sigstream.stream.enrich import enrich      # `run` matches like `hunt`: enriched events
     loaded = load_rules([SIGMA_WINDOWS], selection=None)
     engine = Engine([r for r in loaded.rules if r.logsource.get("product", "").lower() == "windows"],
                     enrich=enrich)
-    from stream.reassembly import ScriptBlockAssembler   # ... and whole script blocks, like `hunt`
+    from sigstream.stream.reassembly import ScriptBlockAssembler   # ... and whole script blocks, like `hunt`
     assembler = ScriptBlockAssembler()
     expected = set()
     events = 0

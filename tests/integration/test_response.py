@@ -14,10 +14,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from connectors.kafka import (ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, KafkaAlertSink, KafkaRecordProducer,
+from sigstream.connectors.kafka import (ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, KafkaAlertSink, KafkaRecordProducer,
                               KafkaSettings, KafkaSource, create_topics)
 from sigstream.cli import main
-from stream.actions import ActionRequest, Key, Keyring, encode, sign
+from sigstream.stream.actions import ActionRequest, Key, Keyring, encode, sign
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_HEX = "8f1c2a9d3e4b5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
@@ -26,10 +26,10 @@ RULE_ID = "e6b99a0a-90b2-412b-a10b-88a6096a9808"
 
 def _sample_alert(host: str) -> dict:
     """A real alert: the bundled rule on the bundled intrusion sample, moved to `host`."""
-    from connectors.readers import read_events
-    from stream.alerts import build_alert
-    from stream.engine import Engine
-    from stream.rules import load_rules
+    from sigstream.connectors.readers import read_events
+    from sigstream.stream.alerts import build_alert
+    from sigstream.stream.engine import Engine
+    from sigstream.stream.rules import load_rules
     engine = Engine(load_rules([str(ROOT / "sigma_rules")]).rules)
     for event, _ in read_events([str(ROOT / "samples" / "fileless-intrusion.jsonl")]):
         if event.get("EventID") != 1:
@@ -186,7 +186,7 @@ def test_forged_and_replayed_requests_are_rejected_over_the_wire(env):
 def test_agent_action_runner_executes_signed_request(env):
     """The agent's response side (connectors.agent_actions, started by `actions: enabled`):
     a signed request for its host on the actions topic -> dry-run executor -> action-results."""
-    from connectors.agent_actions import ActionRunner, ActionsConfig
+    from sigstream.connectors.agent_actions import ActionRunner, ActionsConfig
 
     settings, alerts_topic, host, policy, tmp = env
     sink = KafkaAlertSink(settings, alerts_topic)

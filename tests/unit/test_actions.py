@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from connectors.executor import DryRunExecutor, EndpointExecutor, Outcome, SeenStore
-from connectors.executor_windows import guid_start_time
-from stream.actions import (ActionError, ActionRequest, Key, Keyring, canonical, decode, encode,
+from sigstream.connectors.executor import DryRunExecutor, EndpointExecutor, Outcome, SeenStore
+from sigstream.connectors.executor_windows import guid_start_time
+from sigstream.stream.actions import (ActionError, ActionRequest, Key, Keyring, canonical, decode, encode,
                             load_keyring, sign, verify)
 
 HOST = "WKS-FIN-042.corp.example.com"

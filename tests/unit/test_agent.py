@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import fakes
 from fakes import wait_until
-from connectors.agent import (Agent, ConfigError, EventQueue, JsonLogFormatter, StreamSink, TokenBucket,
+from sigstream.connectors.agent import (Agent, ConfigError, EventQueue, JsonLogFormatter, StreamSink, TokenBucket,
                               config_from_dict, load_config, rss_bytes)
 from fakes import recordings as R
 
@@ -266,7 +266,7 @@ def test_stream_sink_writes_envelopes(tmp_path):
 
 def test_actions_enabled_without_a_key_is_a_config_error(monkeypatch, tmp_path):
     """The response side needs a signing key: a missing one is reported at load, clearly."""
-    from connectors.agent import ConfigError, config_from_dict
+    from sigstream.connectors.agent import ConfigError, config_from_dict
 
     for var in ("SIGSTREAM_ACTION_KEY", "SIGSTREAM_ACTION_KEYS"):
         monkeypatch.delenv(var, raising=False)

@@ -10,13 +10,13 @@ import jsonschema
 import orjson
 import pytest
 
-from connectors.readers import read_events
-from stream.alert_context import process_of, registry_of
-from stream.alert_formats import FORMATS, FormattingSink, render, to_ecs, to_ocsf
-from stream.alerts import build_alert
-from stream.engine import Engine
-from stream.rules import load_rules
-from connectors.sinks import ListSink
+from sigstream.connectors.readers import read_events
+from sigstream.stream.alert_context import process_of, registry_of
+from sigstream.stream.alert_formats import FORMATS, FormattingSink, render, to_ecs, to_ocsf
+from sigstream.stream.alerts import build_alert
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import load_rules
+from sigstream.connectors.sinks import ListSink
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "alert.schema.json").read_text())

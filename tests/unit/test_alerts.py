@@ -10,10 +10,10 @@ import orjson
 import pytest
 import yaml
 
-from connectors.sinks import CSV_COLUMNS, CsvSink, JsonlSink, ListSink
-from stream.alerts import alert_id, attack_of, build_alert, event_fingerprint
-from stream.engine import Engine
-from stream.rules import load_rule_text
+from sigstream.connectors.sinks import CSV_COLUMNS, CsvSink, JsonlSink, ListSink
+from sigstream.stream.alerts import alert_id, attack_of, build_alert, event_fingerprint
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
 RULE_ID = "9f6f4a4e-7c1e-4e0b-9a57-3c9d3d2b1a01"

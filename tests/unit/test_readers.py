@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.readers import (
+from sigstream.connectors.readers import (
     ReadError,
     SourceRef,
     find_event_files,
@@ -222,7 +222,7 @@ def test_jsonl_is_streamed(tmp_path, monkeypatch):
             return Spy(real_open(file, "rb", buffering=0))
         return real_open(file, mode, *a, **kw)
 
-    import connectors.readers as readers_mod
+    import sigstream.connectors.readers as readers_mod
     monkeypatch.setattr(readers_mod, "open", spy_open, raising=False)
     events, errors = collect([p])
     assert len(events) == 2000 and errors == []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from stream.reassembly import ScriptBlockAssembler
+from sigstream.stream.reassembly import ScriptBlockAssembler
 
 HOST = "WKS-FIN-042.corp.example.com"
 CH = "Microsoft-Windows-PowerShell/Operational"

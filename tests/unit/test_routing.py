@@ -6,9 +6,9 @@ import uuid
 import pytest
 import yaml
 
-from stream.engine import Engine
-from stream.routing import UNROUTABLE, LogsourceRouter, event_key, route_of
-from stream.rules import load_rule_text
+from sigstream.stream.engine import Engine
+from sigstream.stream.routing import UNROUTABLE, LogsourceRouter, event_key, route_of
+from sigstream.stream.rules import load_rule_text
 
 SYSMON = "microsoft-windows-sysmon/operational"
 PS = frozenset({"microsoft-windows-powershell/operational", "powershellcore/operational"})

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.engine import Engine
-from stream.rules import (
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import (
     LoadedRules,
     Rule,
     RuleSelection,

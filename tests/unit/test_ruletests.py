@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream import ruletests
-from stream.ruletests import discover, run_tests
+from sigstream.stream import ruletests
+from sigstream.stream.ruletests import discover, run_tests
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
 

@@ -27,8 +27,8 @@ import uuid
 import pytest
 import yaml
 
-from stream.engine import Engine
-from stream.rules import load_rule_text
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import load_rule_text
 
 # --------------------------------------------------------------------------- helpers
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.spool import Spool, SpoolRecord, encode_record
+from sigstream.connectors.spool import Spool, SpoolRecord, encode_record
 
 
 def rec(i: int, topic: str = "t", key: bytes | None = b"host") -> SpoolRecord:

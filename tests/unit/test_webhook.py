@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, signature
+from sigstream.connectors.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, signature
 
 ALERT = {"alert_id": "a" * 32, "host": "WKS-1", "event_time": "2026-11-24T09:11:45.412000Z",
          "rule": {"id": "r1", "title": "Encoded PowerShell", "level": "high", "tags": ["attack.t1059.001"]},
