@@ -47,6 +47,7 @@ from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, Kaf
 from sigstream.connectors.readers import read_events  # noqa: E402
 from sigstream.stream.engine import Engine  # noqa: E402
 from sigstream.stream.enrich import enrich  # noqa: E402
+from sigstream.stream.detector import Detector  # noqa: E402
 from sigstream.stream.processor import Processor  # noqa: E402
 from sigstream.stream.rules import RuleSelection, load_rules  # noqa: E402
 
@@ -153,7 +154,7 @@ def processor_pass(settings: KafkaSettings, prefix: str, group: str, batch_size:
         def close(self):
             source.close()
 
-    p = Processor(Timed(), engine, alerts, dlq, batch_size=batch_size, poll_timeout_s=0.5,
+    p = Processor(Timed(), Detector(engine), alerts, dlq, batch_size=batch_size, poll_timeout_s=0.5,
                   until_idle_s=3, commit_interval_s=1.0)  # `sigstream run`'s default
     m = p.run()
     alerts.close(), dlq.close(), source.close()

@@ -138,12 +138,12 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
       sigstream hunt -r ../sigma/rules/windows --min-level high -f jsonl -o hits.jsonl logs/
     Exit status: 0 whether or not anything matched; 2 on usage errors or --strict rule errors.
     """
-    from sigstream.connectors.readers import find_event_files, read_events
+    from sigstream.connectors.readers import find_event_files
     from sigstream.connectors.sinks import CsvSink, JsonlSink
+    from sigstream.hunting import hunt_files
     from sigstream.render import TableSink
-    from sigstream.stream.alerts import build_alert
+    from sigstream.stream.detector import Detector
     from sigstream.stream.engine import Engine
-    from sigstream.stream.reassembly import ScriptBlockAssembler
 
     try:
         files = find_event_files(paths)
@@ -163,6 +163,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     else:
         from sigstream.stream.enrich import enrich
     engine = Engine(rules, enrich=enrich)
+    detector = Detector(engine)
     load_seconds = time.perf_counter() - t0
 
     fmt = fmt or ("table" if (not output and sys.stdout.isatty()) else "jsonl")
@@ -178,57 +179,37 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
         sink = FormattingSink(sink, alert_format)
 
     errors_out = open(errors_path, "wb") if errors_path else None
-    read_errors = 0
+    reported = 0
 
     def on_error(err: Any) -> None:
-        nonlocal read_errors
-        read_errors += 1
-        if read_errors <= 20:
+        nonlocal reported
+        reported += 1
+        if reported <= 20:
             where = f"{err.path}" + (f":{err.position}" if err.position is not None else "")
             err_console.print(f"[yellow]unreadable record[/yellow] {where}: {err.reason}",
                               soft_wrap=True)
-        elif read_errors == 21:
+        elif reported == 21:
             err_console.print("[yellow]… more unreadable records; see --errors FILE[/yellow]")
         if errors_out:
             errors_out.write(orjson.dumps(err.to_dict()) + b"\n")
 
     show_progress = progress if progress is not None else (len(files) > 1 and sys.stderr.isatty())
-    events = detections = 0
-    # PowerShell splits long script blocks over several 4104 events: match the whole block.
-    assembler = ScriptBlockAssembler()
-    src = None
-
-    def detect(event: dict, src: Any) -> None:
-        nonlocal detections
-        for hit in engine.match(event):
-            detections += 1
-            sink.add(build_alert(hit, event, {"path": src.path, "position": src.position},
-                                 matched=engine.explain(hit, event)))
-
-    t1 = time.perf_counter()
     with _progress(show_progress, len(files)) as advance:
-        for f in files:
-            for event, src in read_events([f], on_error=on_error):
-                events += 1
-                for whole in assembler.feed(event, time.monotonic()):
-                    detect(whole, src)
-            advance(f)
-        for whole in assembler.flush():  # blocks whose parts never all arrived, flagged
-            detect(whole, src)
+        stats = hunt_files(files, detector, sink, on_error=on_error, on_file_done=advance)
     sink.close()
     if output:
         out_stream.close()
     if errors_out:
         errors_out.close()
-    seconds = time.perf_counter() - t1
     for e in engine.errors[:20]:
         err_console.print(f"[yellow]evaluation problem[/yellow] {e.rule.path}: {e.rule.title}: {e.reason}",
                           soft_wrap=True)
-    rate = events / seconds if seconds > 0 else 0.0
+    rate = stats.events / stats.seconds if stats.seconds > 0 else 0.0
     err_console.print(
-        f"{events:,} events read from {len(files):,} file(s), {len(rules):,} rules loaded "
-        f"({len(loaded.errors)} rejected, {load_seconds:.2f}s), {detections:,} detections, "
-        f"{read_errors:,} unreadable records, {seconds:.2f}s, {rate:,.0f} events/s", highlight=False)
+        f"{stats.events:,} events read from {len(files):,} file(s), {len(rules):,} rules loaded "
+        f"({len(loaded.errors)} rejected, {load_seconds:.2f}s), {stats.alerts:,} detections, "
+        f"{stats.unreadable + stats.failed:,} unreadable records, {stats.seconds:.2f}s, "
+        f"{rate:,.0f} events/s", highlight=False)
 
 
 class _progress:

@@ -275,15 +275,6 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
 
 # ---------------------------------------------------------------- embedded ---
 
-def _assembler() -> Any:
-    """Multi-part PowerShell script blocks are matched whole, as in `hunt`."""
-    try:
-        from sigstream.stream.reassembly import ScriptBlockAssembler
-    except ImportError:  # pragma: no cover - older trees
-        return None
-    return ScriptBlockAssembler()
-
-
 def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
                  until_idle: float | None = None, rule_loader: Callable | None = None,
                  watch: Callable | None = None, group: str = DEFAULT_GROUP,
@@ -292,6 +283,7 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
     from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                    MemorySource, publish_events)
     from sigstream.connectors.readers import find_event_files, read_events
+    from sigstream.stream.detector import Detector
     from sigstream.stream.processor import Processor
 
     files = find_event_files(inputs)
@@ -315,9 +307,9 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
     if wrap is not None:
         alerts = wrap(alerts)
     dlq = MemoryDeadLetterSink(broker, DLQ_TOPIC)
-    processor = Processor(source, engine, alerts, dlq, batch_size=batch_size, poll_timeout_s=0.2,
-                          until_idle_s=until_idle, idle_exit=done.is_set, rule_loader=rule_loader,
-                          watch=watch, assembler=_assembler())
+    processor = Processor(source, Detector(engine), alerts, dlq, batch_size=batch_size,
+                          poll_timeout_s=0.2, until_idle_s=until_idle, idle_exit=done.is_set,
+                          rule_loader=rule_loader, watch=watch)
     restore = _install_signals(processor)
     collector.start()
     try:
@@ -346,6 +338,7 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
               wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0) -> Any:
     from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
                                   KafkaSource, create_topics)
+    from sigstream.stream.detector import Detector
     from sigstream.stream.processor import Processor
 
     settings = KafkaSettings(bootstrap=bootstrap)
@@ -360,10 +353,9 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
     sink = TeeSink(alerts, echo) if echo is not None else alerts
     if wrap is not None:
         sink = wrap(sink)
-    processor = Processor(source, engine, sink, dlq, batch_size=batch_size, poll_timeout_s=0.5,
-                          until_idle_s=until_idle, rule_loader=rule_loader, watch=watch,
-                          log_interval_s=15.0, assembler=_assembler(),
-                          commit_interval_s=commit_interval_s)
+    processor = Processor(source, Detector(engine), sink, dlq, batch_size=batch_size,
+                          poll_timeout_s=0.5, until_idle_s=until_idle, rule_loader=rule_loader,
+                          watch=watch, log_interval_s=15.0, commit_interval_s=commit_interval_s)
     restore = _install_signals(processor)
     ok = False
     try:

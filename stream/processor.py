@@ -1,16 +1,21 @@
 """The stream processor: consume event envelopes, run the engine, produce alerts.
 
-    source.poll() -> decode -> engine.match -> build_alert -> alert_sink.add
+    source.poll() -> decode -> Detector (stream.detector) -> alert_sink.add
                         \\-> (unusable record / unexpected error) -> dead_letters.add
+
+The processor owns transport and commits only; what an event means (reassembly,
+matching, alert documents, correlation stages) is the Detector's, shared with `hunt`.
 
 Delivery guarantee: at-least-once, with stable ids
 --------------------------------------------------
-After every batch, and only there, the processor makes its output durable and
-then records its input position, in this order (see `_commit`):
+At most every `commit_interval_s`, when the source runs dry and before
+returning, the processor makes its output durable and then records its input
+position, in this order (stream.commit.commit_outputs):
 
     1. alert_sink.flush()     blocks until every alert of the batch is acked
     2. dead_letters.flush()   blocks until every dead letter is acked
-    3. source.commit()        commits the positions of everything polled so far
+    3. state.flush()          stages' durable state (when there is any)
+    4. source.commit()        commits the positions of everything polled so far
 
 So a committed offset never runs ahead of the output: whatever crashes (the
 process, a flush that raises, the broker), the records after the last commit
@@ -41,11 +46,11 @@ is already durable, so the only effect is a re-delivery (same alert_ids). One ba
 errors and any unexpected exception while handling a record dead-letter that
 record (with the reason) and processing continues.
 
-Split PowerShell script blocks (with an `assembler`, as `hunt` does): fragments
-are buffered in memory until the block is whole, so while any block is buffered
-the batch's output is flushed but the offsets are NOT committed (`commits_held`);
-a crash then re-delivers the fragments. Blocks time out after the assembler's
-timeout and are flushed at an idle exit, so commits resume.
+Split PowerShell script blocks: the detector buffers fragments in memory until
+the block is whole, so while it holds any (`Detector.holds_state`) the output is
+flushed but the offsets are NOT committed (`commits_held`); a crash then
+re-delivers the fragments. Blocks time out after the assembler's timeout
+(`Detector.tick`) and are flushed at an idle exit, so commits resume.
 
 This module does not import `connectors/` or Kafka: it works on the small
 protocols below, which the Kafka connector and the in-memory transport
@@ -54,28 +59,18 @@ protocols below, which the Kafka connector and the in-memory transport
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, Sequence
 
-from sigstream.stream.alerts import build_alert
+from sigstream.stream.commit import CommitOutcome, commit_outputs
+from sigstream.stream.detector import Detector, iso_utc  # noqa: F401 - iso_utc re-exported
 from sigstream.stream.engine import Engine
-from sigstream.stream.envelope import EnvelopeError, decode, event_fingerprint
+from sigstream.stream.envelope import EnvelopeError, decode
 from sigstream.stream.rules import Rule
 
 log = logging.getLogger(__name__)
-
-
-class SourceMessage(Protocol):
-    value: bytes | None
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    headers: Any
 
 
 class EventSource(Protocol):
@@ -116,29 +111,6 @@ class _CutMessage:
         self.headers = list(getattr(msg, "headers", None) or [])
 
 
-def _source_of(msg: Any, env: dict) -> dict[str, Any]:
-    """An alert's `source`: where its event was consumed."""
-    return {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-            "event_id": env["event_id"]}
-
-
-_second: tuple[int, str] = (-1, "")  # (epoch second, its formatted text), for iso_utc
-
-
-def iso_utc(ts: float) -> str:
-    """2026-11-25T17:00:00.123456Z; the formatted second is reused (called per alerting event)."""
-    global _second
-    frac, whole = math.modf(ts)  # rounded as datetime.fromtimestamp rounds
-    us = round(frac * 1e6)
-    if us >= 1_000_000:
-        whole, us = whole + 1, us - 1_000_000
-    elif us < 0:
-        whole, us = whole - 1, us + 1_000_000
-    if _second[0] != whole:
-        _second = (int(whole), datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{_second[1]}.{us:06d}Z"
-
-
 @dataclass
 class Metrics:
     """Counters of one processor; `snapshot()` adds rates (and lag when the source has it)."""
@@ -176,9 +148,9 @@ class Metrics:
 
 
 class Processor:
-    """Poll → match → alert loop with batch-level commits (see module doc)."""
+    """Poll -> detect -> alert loop with commits after durable output (see module doc)."""
 
-    def __init__(self, source: EventSource, engine: Engine, alert_sink: AlertSink,
+    def __init__(self, source: EventSource, detector: Detector, alert_sink: AlertSink,
                  dead_letters: DeadLetterSink, *, clock: Callable[[], float] = time.time,
                  batch_size: int = 500, poll_timeout_s: float = 0.5,
                  until_idle_s: float | None = None, metrics: Metrics | None = None,
@@ -188,9 +160,11 @@ class Processor:
                  log_interval_s: float = 30.0,
                  dead_letter_max_value: int = DEAD_LETTER_MAX_VALUE,
                  engine_factory: Callable[[Sequence[Rule]], Engine] | None = None,
-                 assembler: Any = None, commit_interval_s: float = 0.0):
+                 commit_interval_s: float = 0.0, state: Any = None):
         """
-        clock:        wall clock (epoch seconds) for `detected_at` and the idle timer.
+        detector:     the shared detection pipeline (stream.detector.Detector).
+        clock:        wall clock (epoch seconds): the processing time given to the detector
+                      (`detected_at`, script-block timeouts) and the idle timer.
         until_idle_s: return from run() after no new record for this long, counted while the
                       source owns partitions (a source with `assignment()` that returns
                       nothing is still joining its group: a restarted member waits out
@@ -201,35 +175,33 @@ class Processor:
                       mode: "the collector has finished and everything is consumed").
         engine_factory: builds the engine of a reloaded rule set (default: an Engine with
                       the same enrichment as the current one).
-        assembler:    a stream.reassembly.ScriptBlockAssembler (as `hunt` uses): multi-part
-                      4104 script blocks are matched once, whole. While it buffers
-                      fragments the offsets are NOT committed (see _commit).
         commit_interval_s: flush the sinks and commit at most this often (0: after every
                       batch); always when the source runs dry and when run() returns. A
                       longer interval means fewer synchronous round trips, and more records
                       redelivered (with the same alert ids) after a crash.
+        state:        an output flushed after the dead letters and before the commit
+                      (stages' durable state), or None.
         """
         self.source = source
-        self.engine = engine
+        self.detector = detector
         self.alert_sink = alert_sink
         self.dead_letters = dead_letters
+        self.state = state
         self.clock = clock
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.until_idle_s = until_idle_s
         self.metrics = metrics or Metrics()
-        self.metrics.rules = len(engine.rules)
+        self.metrics.rules = len(detector.engine.rules)
         self.rule_loader = rule_loader
         self.watch = watch
         self.watch_interval_s = watch_interval_s
         self.idle_exit = idle_exit
         self.log_interval_s = log_interval_s
         self.dead_letter_max_value = dead_letter_max_value
-        self.assembler = assembler
         self.commit_interval_s = commit_interval_s
         self._uncommitted = False
         self._last_commit = time.monotonic()
-        self._fragment_sources: dict[str, dict[str, Any]] = {}
         self.engine_factory = engine_factory or (
             lambda rules: Engine(rules, enrich=getattr(self.engine, "_enrich", None)))
         self._stop = threading.Event()
@@ -238,6 +210,10 @@ class Processor:
         self._pending_engine: Engine | None = None
         self._last_watch = time.monotonic()
         self._last_log = time.monotonic()
+
+    @property
+    def engine(self) -> Engine:
+        return self.detector.engine
 
     # ------------------------------------------------------------ control ---
     def stop(self) -> None:
@@ -310,7 +286,7 @@ class Processor:
             engine, self._pending_engine = self._pending_engine, None
         if engine is not None:
             old = len(self.engine.rules)
-            self.engine = engine
+            self.detector.engine = engine
             self.metrics.reloads += 1
             self.metrics.rules = len(engine.rules)
             log.warning("rules reloaded: %d -> %d rule(s)", old, len(engine.rules),
@@ -337,11 +313,10 @@ class Processor:
             self._between_batches()
             batch = self.source.poll(self.batch_size, self.poll_timeout_s)
             if not batch:
-                if self._uncommitted:
+                now = self.clock()
+                self._emit(self.detector.tick(now))   # timed-out blocks, stage output
+                if self._uncommitted or self.detector.holds_state:
                     self._commit()  # the source ran dry: nothing to batch the commit with
-                if self._pending_fragments():
-                    self._drain_assembler(final=False)   # timed-out blocks
-                    self._commit()
                 if self.idle_exit is not None and self.idle_exit():
                     self._end_of_input()
                     break
@@ -349,16 +324,16 @@ class Processor:
                     if not self._has_assignment():
                         # still joining the group (e.g. waiting out a crashed member's session):
                         # that is not "idle", the records are just not ours yet
-                        last_record = self.clock()
-                    elif self.clock() - last_record >= self.until_idle_s:
+                        last_record = now
+                    elif now - last_record >= self.until_idle_s:
                         log.info("no new records for %.1fs; stopping", self.until_idle_s)
                         self._end_of_input()
                         break
                 continue
             self.process_batch(batch)
-            self._drain_assembler(final=False)
             self._uncommitted = True
             if time.monotonic() - self._last_commit >= self.commit_interval_s:
+                self._emit(self.detector.tick(self.clock()))
                 self._commit()
             last_record = self.clock()
         if self._uncommitted:
@@ -366,13 +341,10 @@ class Processor:
         self.log_metrics()
         return self.metrics
 
-    def _pending_fragments(self) -> int:
-        return self.assembler.pending if self.assembler is not None else 0
-
     def _end_of_input(self) -> None:
-        """Idle exit: like the end of a file in `hunt`, emit incomplete blocks, then commit."""
-        if self._pending_fragments():
-            self._drain_assembler(final=True)
+        """Idle exit: like the end of a file in `hunt`, emit what the detector holds, commit."""
+        if self.detector.holds_state:
+            self._emit(self.detector.finish(self.clock()))
             self._commit()
 
     def _has_assignment(self) -> bool:
@@ -388,10 +360,16 @@ class Processor:
     def process_batch(self, batch: Sequence[Any]) -> None:
         m = self.metrics
         m.batches += 1
+        detect = self.detector.detect
+        now = self.clock()
         for msg in batch:
             m.events += 1
             try:
-                self._process(msg)
+                env = decode(msg.value)
+                alerts = detect(env["event"], {"topic": msg.topic, "partition": msg.partition,
+                                               "offset": msg.offset, "event_id": env["event_id"]}, now)
+                if alerts:
+                    self._emit(alerts)
             except EnvelopeError as e:
                 self._dead_letter(msg, str(e))
             except Exception as e:  # never let one record crash the loop
@@ -400,61 +378,7 @@ class Processor:
                           getattr(msg, "partition", "?"), getattr(msg, "offset", "?"), exc_info=True)
                 self._dead_letter(msg, f"processing failed: {type(e).__name__}: {e}")
 
-    def _process(self, msg: Any) -> None:
-        env = decode(msg.value)
-        event = env["event"]
-        if self.assembler is None:
-            self._detect_consumed(event, msg, env)
-            return
-        source = _source_of(msg, env)
-        ready = self.assembler.feed(event, self.clock())
-        if not ready and self.assembler.pending:
-            # a fragment was buffered: remember where its block started (bounded)
-            if len(self._fragment_sources) > 100_000:
-                self._fragment_sources.clear()
-            self._fragment_sources.setdefault(env["event_id"], source)
-        for whole in ready:
-            if whole is event:
-                self._detect(event, source)
-            else:
-                self._detect_block(whole, source)
-
-    def _detect_block(self, whole: dict, fallback: dict[str, Any] | None) -> None:
-        """A reassembled block: its source is the message of its first fragment when known."""
-        fp = event_fingerprint(whole)
-        src = self._fragment_sources.pop(fp, None) or dict(
-            fallback or {"topic": None, "partition": None, "offset": None})
-        self._detect(whole, dict(src, event_id=fp))
-
-    def _drain_assembler(self, final: bool) -> None:
-        if self.assembler is None:
-            return
-        blocks = self.assembler.flush() if final else self.assembler.expire(self.clock())
-        for whole in blocks:
-            try:
-                self._detect_block(whole, None)
-            except Exception as e:  # noqa: BLE001
-                self.metrics.errors += 1
-                log.warning("reassembled script block failed: %s: %s", type(e).__name__, e)
-        if final:
-            self._fragment_sources.clear()
-
-    def _detect_consumed(self, event: dict, msg: Any, env: dict) -> None:
-        """_detect for an event as consumed: its source dict is built only if it matches."""
-        hits = self.engine.match(event)
-        if hits:
-            self._emit(event, hits, _source_of(msg, env))
-
-    def _detect(self, event: dict, source: dict[str, Any]) -> None:
-        hits = self.engine.match(event)
-        if hits:
-            self._emit(event, hits, source)
-
-    def _emit(self, event: dict, hits: list, source: dict[str, Any]) -> None:
-        detected_at = iso_utc(self.clock())
-        explain = getattr(self.engine, "explain", None)
-        alerts = [build_alert(hit, event, source=source, detected_at=detected_at,
-                              matched=explain(hit, event) if explain else None) for hit in hits]
+    def _emit(self, alerts: list[dict]) -> None:
         for alert in alerts:
             self.alert_sink.add(alert)
         self.metrics.alerts += len(alerts)
@@ -470,26 +394,16 @@ class Processor:
         self.dead_letters.add(msg, reason)
 
     def _commit(self) -> None:
-        # THE commit order (the only place offsets are committed): output first, then input.
+        # Fragments and stage state that live only in memory hold the commit: committing
+        # past them would lose them in a crash (stream.commit).
         self._last_commit = time.monotonic()
-        self.alert_sink.flush()      # 1. alerts acked
-        self.dead_letters.flush()    # 2. dead letters acked
-        if self._pending_fragments():
-            # Script-block fragments live only in memory: committing past them would lose
-            # them in a crash. Hold the commit until no block is buffered (blocks complete,
-            # time out after the assembler's timeout, or are flushed at idle exit).
+        outcome = commit_outputs(self.source, (self.alert_sink, self.dead_letters, self.state),
+                                 held=lambda: self.detector.holds_state)
+        if outcome is CommitOutcome.HELD:
             self.metrics.commits_held += 1
             return  # still uncommitted: tried again after the next batch
-        try:
-            self.source.commit()     # 3. only now may the group move past these records
-        except Exception as e:
-            # The output is durable; a failed commit (typically: the group rebalanced and
-            # these partitions belong to another member now) only means the records are
-            # delivered again -> duplicates with the same alert_id, never a loss. Keep going.
-            self.metrics.commit_failures += 1
-            log.warning("offset commit failed, the batch will be re-delivered: %s", e,
-                        extra={"fields": {"event": "commit_failed", "reason": str(e)}})
-            self._uncommitted = False  # redelivered instead; the next batch commits past it
-            return
         self._uncommitted = False
-        self.metrics.commits += 1
+        if outcome is CommitOutcome.FAILED:
+            self.metrics.commit_failures += 1  # redelivered instead; the next batch commits past it
+        else:
+            self.metrics.commits += 1

@@ -69,6 +69,7 @@ class _Block:
     first_seen: float
     last_seen: float
     parts: dict[int, dict] = field(default_factory=dict)
+    sources: dict[int, Any] = field(default_factory=dict)   # MessageNumber -> caller's source
     nbytes: int = 0
 
 
@@ -95,15 +96,29 @@ class ScriptBlockAssembler:
         """Events ready after ``event``: [event] itself for anything not a multi-part
         4104, [] while a block is incomplete, [whole block] when its last part arrives
         (plus any blocks the memory cap forced out)."""
+        return [ev for ev, _ in self.feed_with_source(event, None, now)]
+
+    def expire(self, now: float) -> list[dict]:
+        """Blocks whose latest fragment is ``timeout_s`` old or older, emitted with what
+        they have (``sigstream_Incomplete``)."""
+        return [ev for ev, _ in self.expire_with_source(now)]
+
+    def flush(self) -> list[dict]:
+        """Everything still buffered (end of input / shutdown), flagged incomplete."""
+        return [ev for ev, _ in self.flush_with_source()]
+
+    def feed_with_source(self, event: dict, source: Any, now: float) -> list[tuple[dict, Any]]:
+        """As `feed`, with each event paired with its source: a whole block's source is
+        the one given with its lowest-numbered fragment (where the block starts)."""
         if _int(event.get("EventID")) != 4104:
             self.stats["passed_through"] += 1
-            return [event]
+            return [(event, source)]
         total = _int(event.get("MessageTotal"))
         number = _int(event.get("MessageNumber"))
         sbid = event.get("ScriptBlockId")
         if total is None or total <= 1 or number is None or not 1 <= number <= total or not sbid:
             self.stats["passed_through"] += 1
-            return [event]
+            return [(event, source)]
         key = (event.get("Computer") or "", (event.get("Channel") or "").lower(), str(sbid).lower())
         self.stats["fragments"] += 1
         if key in self._recent:
@@ -121,10 +136,11 @@ class ScriptBlockAssembler:
         text = event.get("ScriptBlockText")
         n = _size(text if isinstance(text, str) else "")
         blk.parts[number] = event
+        blk.sources[number] = source
         blk.nbytes += n
         blk.last_seen = now
         self._bytes += n
-        out: list[dict] = []
+        out: list[tuple[dict, Any]] = []
         if len(blk.parts) == blk.total and all(i in blk.parts for i in range(1, blk.total + 1)):
             out.append(self._emit(key, complete=True))
         while self._bytes > self.max_bytes and self._blocks:
@@ -132,14 +148,11 @@ class ScriptBlockAssembler:
             out.append(self._emit(oldest, complete=False, evicted=True))
         return out
 
-    def expire(self, now: float) -> list[dict]:
-        """Blocks whose latest fragment is ``timeout_s`` old or older, emitted with what
-        they have (``sigstream_Incomplete``)."""
+    def expire_with_source(self, now: float) -> list[tuple[dict, Any]]:
         due = [k for k, b in self._blocks.items() if now - b.last_seen >= self.timeout_s]
         return [self._emit(k, complete=False) for k in due]
 
-    def flush(self) -> list[dict]:
-        """Everything still buffered (end of input / shutdown), flagged incomplete."""
+    def flush_with_source(self) -> list[tuple[dict, Any]]:
         return [self._emit(k, complete=False) for k in list(self._blocks)]
 
     @property
@@ -151,7 +164,7 @@ class ScriptBlockAssembler:
         return self._bytes
 
     # ------------------------------------------------------------- internal --
-    def _emit(self, key: tuple, complete: bool, evicted: bool = False) -> dict:
+    def _emit(self, key: tuple, complete: bool, evicted: bool = False) -> tuple[dict, Any]:
         blk = self._blocks.pop(key)
         self._bytes -= blk.nbytes
         self._recent[key] = None
@@ -178,4 +191,4 @@ class ScriptBlockAssembler:
             if evicted:
                 merged["sigstream_Evicted"] = True
                 self.stats["evicted"] += 1
-        return merged
+        return merged, blk.sources[numbers[0]]

@@ -70,7 +70,8 @@ def test_hunt_project_rules_over_samples_jsonl():
     assembler = ScriptBlockAssembler()
     expected = []
     for ev, src in read_events(sorted(SAMPLES.glob("*.jsonl"))):
-        for whole in assembler.feed(ev, 0.0):
+        # a whole script block is attributed to its first fragment, as in the stream processor
+        for whole, src in assembler.feed_with_source(ev, src, 0.0):
             for hit in engine.match_all(whole):
                 expected.append((hit.rule.id, Path(src.path).name, src.position))
     assert not assembler.flush()

@@ -14,6 +14,7 @@ from sigstream.connectors.readers import read_events
 from sigstream.stream.alerts import alert_id
 from sigstream.stream.engine import Engine
 from sigstream.stream.envelope import MAX_MESSAGE_BYTES, encode, event_fingerprint, host_key, wrap
+from sigstream.stream.detector import Detector
 from sigstream.stream.processor import Metrics, Processor
 from sigstream.stream.rules import load_rule_text, load_rules
 
@@ -54,7 +55,9 @@ def make(broker, engine, alerts=None, dlq=None, group="g", **kw):
     kw.setdefault("poll_timeout_s", 0)
     kw.setdefault("until_idle_s", 1.0)
     source = MemorySource(broker, PATTERN, group)
-    return Processor(source, engine, alerts or MemoryAlertSink(broker), dlq or MemoryDeadLetterSink(broker),
+    assembler = kw.pop("assembler", None)
+    detector = Detector(engine, reassemble=assembler is not None, assembler=assembler)
+    return Processor(source, detector, alerts or MemoryAlertSink(broker), dlq or MemoryDeadLetterSink(broker),
                      **kw)
 
 
@@ -170,7 +173,7 @@ def test_commit_only_after_alert_and_dead_letter_flush():
     MemoryProducer(broker).send("sigstream.events.sysmon", b"not json")
     calls: list[str] = []
     src = RecordingSource(calls, broker, PATTERN, "g")
-    p = Processor(src, Engine(one_rule(), use_cache=False), Recorder(calls, "alerts"),
+    p = Processor(src, Detector(Engine(one_rule(), use_cache=False)), Recorder(calls, "alerts"),
                   Recorder(calls, "dlq"), clock=Clock(), batch_size=3, poll_timeout_s=0, until_idle_s=1)
     p.run()
     assert calls.count("source.commit") == 2
@@ -191,7 +194,7 @@ def test_failed_alert_flush_means_no_commit_and_redelivery_after_restart():
     calls: list[str] = []
     broken = Recorder(calls, "alerts", fail_flush=True)
     src = RecordingSource(calls, broker, PATTERN, "g")
-    p = Processor(src, eng, broken, Recorder(calls, "dlq"), clock=Clock(), batch_size=4,
+    p = Processor(src, Detector(eng), broken, Recorder(calls, "dlq"), clock=Clock(), batch_size=4,
                   poll_timeout_s=0, until_idle_s=1)
     with pytest.raises(ConnectionError):
         p.run()
@@ -269,6 +272,7 @@ def test_unexpected_exception_is_dead_lettered_not_fatal():
 
     class Flaky:
         rules = real.rules
+        explain = real.explain
 
         def match(self, event):
             if event["EventRecordID"] == 1:
@@ -391,7 +395,7 @@ def test_until_idle_does_not_count_while_the_source_owns_no_partitions():
 
     src = Joining(broker, PATTERN, "g")
     clock = Clock(step=0.1)
-    p = Processor(src, Engine(one_rule(), use_cache=False), MemoryAlertSink(broker),
+    p = Processor(src, Detector(Engine(one_rule(), use_cache=False)), MemoryAlertSink(broker),
                   MemoryDeadLetterSink(broker), clock=clock, poll_timeout_s=0, until_idle_s=2)
     p.run()
     assert src.polls >= 40 + 20   # 40 polls "joining" (not idle), then 2s of idle
@@ -471,7 +475,7 @@ def test_failed_commit_is_not_fatal_and_only_causes_redelivery():
             super().commit()
 
     src = Rebalanced(broker, PATTERN, "g")
-    p = Processor(src, Engine(one_rule(), use_cache=False), MemoryAlertSink(broker),
+    p = Processor(src, Detector(Engine(one_rule(), use_cache=False)), MemoryAlertSink(broker),
                   MemoryDeadLetterSink(broker), clock=Clock(), batch_size=3, poll_timeout_s=0, until_idle_s=1)
     m = p.run()
     assert m.commit_failures == 1 and m.commits == 1 and m.events == 6
