@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 
 import orjson
 
+from sigstream.stream.commit import commit_outputs
 from sigstream.stream.actions import EXECUTABLE_APPROVALS, ActionError, ActionRequest, Keyring, decode, verify
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,6 @@ def run_loop(source: Any, results: Any, endpoint: EndpointExecutor, stop: thread
             handled += 1
             if result.publish:
                 results.send(result.encode(), key)
-        results.flush()
-        source.commit()
+        commit_outputs(source, [results])   # results acked before the requests' offsets move
         endpoint.seen.prune(now)
     return handled

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import click
 import orjson
 
+from sigstream.stream.commit import commit_outputs
 from sigstream.cli import err_console, main
 
 log = logging.getLogger("sigstream.respond")
@@ -73,6 +74,13 @@ def _webhook(policy: Any) -> Any:
                        secret=secret or None, dead_letter=cfg.get("dead_letter"))
 
 
+class _Flush:
+    """A callable as an output for stream.commit.commit_outputs."""
+
+    def __init__(self, flush: Callable[[], None]):
+        self.flush = flush
+
+
 def _loop(source: Any, on_message: Callable[[Any], bool], max_count: int | None, timeout: float | None,
           after_batch: Callable[[], None]) -> int:
     """Poll until SIGTERM/Ctrl-C, `max_count` handled messages or `timeout` idle seconds."""
@@ -91,8 +99,8 @@ def _loop(source: Any, on_message: Callable[[Any], bool], max_count: int | None,
             for m in msgs:
                 if on_message(m):
                     count += 1
-            after_batch()
-            source.commit()
+            # after_batch flushes this command's outputs; only then may the offsets move
+            commit_outputs(source, [_Flush(after_batch)])
             if max_count and count >= max_count:
                 break
     except KeyboardInterrupt:
