@@ -13,6 +13,7 @@ import orjson
 import yaml
 from rich.console import Console
 
+from sigstream.resources import bundled_rules
 from sigstream.stream.rules import LEVELS, LoadedRules, RuleSelection, load_rules
 
 STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
@@ -52,9 +53,10 @@ def main(log_level: str, log_format: str) -> None:
 def rule_options(f: Callable) -> Callable:
     """Options shared by every command that loads rules."""
     options = [
-        click.option("-r", "--rules", "rule_paths", multiple=True, required=True,
+        click.option("-r", "--rules", "rule_paths", multiple=True,
                      type=click.Path(exists=True),
-                     help="Rule file or directory (recursive *.yml/*.yaml). Repeatable."),
+                     help="Rule file or directory (recursive *.yml/*.yaml). Repeatable. "
+                          "Default: the bundled rule pack."),
         click.option("--pipeline", "pipelines", multiple=True, type=click.Path(exists=True, dir_okay=False),
                      help="pySigma processing pipeline YAML (e.g. field mappings), after the built-in "
                           "Sysmon/Windows log-source pipelines. Repeatable."),
@@ -91,7 +93,7 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
         products=frozenset(p.lower() for p in opts.get("products") or ()),
     )
     t0 = time.perf_counter()
-    loaded = load_rules(opts["rule_paths"], pipelines=opts.get("pipelines") or (),
+    loaded = load_rules(opts.get("rule_paths") or [str(bundled_rules())], pipelines=opts.get("pipelines") or (),
                         placeholders=placeholders, selection=selection,
                         use_cache=not opts.get("no_cache"))
     log.info("loaded rules", extra={"fields": {
@@ -235,20 +237,20 @@ class _progress:
 
 
 @main.command()
-@click.argument("rule_paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("rule_paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--pipeline", "pipelines", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="pySigma processing pipeline YAML to apply before compiling.")
 @click.option("--placeholders", type=click.Path(exists=True, dir_okay=False),
               help="YAML mapping placeholder name -> list of values.")
 @click.option("--no-cache", is_flag=True, help="Ignore the compile cache.")
 def check(rule_paths: tuple[str, ...], **opts: Any) -> None:
-    """Validate rules offline: YAML, schema, modifiers, conditions, regexes, compilation.
+    """Validate rules offline (default: the bundled pack): YAML, schema, modifiers, conditions, regexes.
 
     One line per problem with its location; exit 1 if any rule has an error.
     """
     from sigstream.stream.engine import Engine
 
-    opts.update(rule_paths=rule_paths, statuses=STATUSES)
+    opts.update(rule_paths=rule_paths or (str(bundled_rules()),), statuses=STATUSES)
     loaded = _load(opts, quiet=True)
     engine = Engine(loaded.rules)
     problems = [str(e) for e in loaded.errors]
@@ -264,10 +266,10 @@ def check(rule_paths: tuple[str, ...], **opts: Any) -> None:
 
 
 @main.command("test")
-@click.argument("rule_paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("rule_paths", nargs=-1, type=click.Path(exists=True))
 @click.option("-v", "--verbose", is_flag=True, help="List passing cases too.")
 def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
-    """Run the test cases next to rules (<rule>.tests.yml); exit 1 on any failure.
+    """Run the test cases next to rules (<rule>.tests.yml; default: the bundled pack); exit 1 on any failure.
 
     \b
     Format of <rule>.tests.yml:
@@ -280,7 +282,7 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
     from sigstream.stream.enrich import enrich
     from sigstream.stream.ruletests import run_tests
 
-    report = run_tests(rule_paths, prepare=normalize, enrich=enrich)
+    report = run_tests(rule_paths or (str(bundled_rules()),), prepare=normalize, enrich=enrich)
     for e in report.errors:
         click.echo(click.style("ERROR ", fg="red") + e)
     for r in report.results:
@@ -298,11 +300,4 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
 
 # The pipeline commands live in their own modules and attach themselves to `main`.
 for _module in ("sigstream.cmd_collect", "sigstream.cmd_run", "sigstream.cmd_agent", "sigstream.cmd_respond"):
-    try:
-        importlib.import_module(_module)
-    except ModuleNotFoundError as _e:
-        if _e.name != _module:
-            raise
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    importlib.import_module(_module)

@@ -451,7 +451,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     loader = _rule_loader(opts)
     # IOC lists reload whenever they change; rule files with --watch-rules (or on SIGHUP)
     ioc_paths = list(opts.get("ioc_paths") or ())
-    watched = (list(opts["rule_paths"]) if watch_rules else []) + ioc_paths
+    watched = (list(opts["rule_paths"] or [str(bundled_rules())]) if watch_rules else []) + ioc_paths
     watch = RuleWatcher(watched) if watched else None
     if bootstrap is None:
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")

@@ -10,7 +10,7 @@
      Administrators (and the virtual service account when -VirtualAccount is used), and copies
      agent.example.yaml to <DataDir>\agent.yaml if there is no config yet;
   3. validates the config (sigstream agent --check);
-  4. registers the service with NSSM: the venv's python.exe -m sigstream.cli agent --config ...,
+  4. registers the service with NSSM: the venv's python.exe -m sigstream agent --config ...,
      delayed automatic start, restart on any exit (5 s delay, throttled), stop by Ctrl+C with
      a 20 s grace period (the agent stops its ETW session, flushes or spools queued events and
      saves its bookmarks), stdout/stderr to rotated files; plus SCM failure actions as a second
@@ -118,7 +118,7 @@ $account = if ($VirtualAccount) { "NT SERVICE\$ServiceName" } else { "LocalSyste
 Invoke-Checked "icacls.exe" @($DataDir, "/inheritance:r", "/grant:r", "*S-1-5-18:(OI)(CI)F", "/grant:r", "*S-1-5-32-544:(OI)(CI)F", "/T", "/Q")
 
 Write-Host "Validating $config"
-Invoke-Checked $py @("-m", "sigstream.cli", "agent", "--config", $config, "--check")
+Invoke-Checked $py @("-m", "sigstream", "agent", "--config", $config, "--check")
 
 # ---- policies / Sysmon -----------------------------------------------------------------------------
 if ($EnablePowerShellLogging) {
@@ -137,7 +137,7 @@ if (-not $existing) {
 }
 $settings = @(
     @("Application", $py),
-    @("AppParameters", "-m sigstream.cli agent --config `"$config`""),
+    @("AppParameters", "-m sigstream agent --config `"$config`""),
     @("AppDirectory", $DataDir),
     @("DisplayName", "sigstream endpoint agent"),
     @("Description", "Ships PowerShell ETW and Sysmon events to Kafka for Sigma detection (sigstream)."),
