@@ -40,6 +40,7 @@ from typing import Any, Callable, IO
 import orjson
 import yaml
 
+from sigstream.stream.errors import ConfigProblem
 from sigstream.stream.envelope import encode, wrap
 
 log = logging.getLogger("sigstream.agent")
@@ -48,7 +49,7 @@ __all__ = ["AgentConfig", "ConfigError", "load_config", "Agent", "EventQueue", "
            "rss_bytes", "JsonLogFormatter", "setup_logging", "StreamSink"]
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigProblem):
     """The agent configuration is invalid (message says where)."""
 
 

@@ -18,6 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigstream.stream.errors import ActionProblem
 from sigstream.stream.actions import ActionRequest
 
 
@@ -26,7 +27,7 @@ def default_path() -> Path:
     return Path(base) / "approvals.sqlite"
 
 
-class ApprovalError(ValueError):
+class ApprovalError(ActionProblem):
     pass
 
 

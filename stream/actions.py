@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sigstream.stream.errors import ActionProblem
+
 ACTION_TYPES = ("kill_process", "suspend_process", "quarantine_registry_value", "isolate_host",
                 "unisolate_host", "notify")
 DESTRUCTIVE = frozenset({"kill_process", "suspend_process", "quarantine_registry_value", "isolate_host"})
@@ -39,7 +41,7 @@ ED25519_ALG = "ed25519"
 VERSION = 1
 
 
-class ActionError(ValueError):
+class ActionError(ActionProblem):
     """A request that cannot be trusted or used; the message is the reason recorded."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from sigstream.stream.errors import EventProblem
+
 ENVELOPE_VERSION = 1
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024   # larger messages are dead-lettered, not parsed
 # What identifies an event across re-reads: the event log's own record identity.
@@ -32,7 +34,7 @@ SOURCE_BY_CHANNEL = {
 }
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(EventProblem):
     """A message that is not a valid sigstream event envelope (the reason is user-facing)."""
 
 

@@ -35,6 +35,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from sigstream.stream.errors import ConfigProblem
 from sigstream.stream.actions import ACTION_TYPES, DESTRUCTIVE, ActionRequest
 from sigstream.stream.alert_context import process_of, registry_of
 from sigstream.stream.dedup import parse_duration
@@ -43,7 +44,7 @@ LEVELS = ("informational", "low", "medium", "high", "critical")
 _MATCH_KEYS = {"rule_id", "tags", "level", "host", "not_host"}
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigProblem):
     pass
 
 
