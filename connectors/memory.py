@@ -26,10 +26,8 @@ import orjson
 
 from sigstream.connectors.message import Headers, Message
 
-EVENTS_TOPIC_PREFIX = "sigstream.events."
-EVENTS_TOPIC_PATTERN = r"sigstream\.events\..*"
-ALERTS_TOPIC = "sigstream.alerts"
-DLQ_TOPIC = "sigstream.dlq"
+from sigstream.stream.topics import ALERTS_TOPIC, DLQ_TOPIC, event_topic  # noqa: F401 - re-exported
+from sigstream.stream.topics import EVENT_TOPIC_PATTERN as EVENTS_TOPIC_PATTERN  # noqa: F401
 
 def partition_for(key: bytes | None, partitions: int, counter: int) -> int:
     if key is None:
@@ -255,6 +253,6 @@ def publish_events(producer: Any, events: Iterable[dict], collector_id: str = "e
     n = 0
     for event in events:
         env = wrap(event, collector_id)
-        producer.send(EVENTS_TOPIC_PREFIX + env["source"], encode(env), key=host_key(event))
+        producer.send(event_topic(env["source"]), encode(env), key=host_key(event))
         n += 1
     return n

@@ -13,12 +13,12 @@ import orjson
 import yaml
 from rich.console import Console
 
+from sigstream.render import err_console
 from sigstream.resources import bundled_rules
 from sigstream.stream.rules import LEVELS, LoadedRules, RuleSelection, load_rules
 
 STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
 EXIT_USAGE = 2
-err_console = Console(stderr=True, highlight=False)
 log = logging.getLogger("sigstream")
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import click
 import orjson
@@ -24,15 +24,16 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from sigstream.connectors.memory import ALERTS_TOPIC, DLQ_TOPIC, EVENTS_TOPIC_PATTERN
 from sigstream.resources import bundled_rules, sample_files, samples_dir
 from sigstream.cli import EXIT_USAGE, _load, err_console, main, rule_options
-from sigstream.render import LEVEL_RANK, LEVEL_STYLE, summary_table, what
-from sigstream.stream.rules import LEVELS, find_rule_files
+from sigstream.processing import (DEFAULT_GROUP, RuleWatcher, TeeSink,
+                                  publish_files_to_kafka, run_embedded, run_kafka)
+from sigstream.render import LEVEL_RANK, LiveSink, summary_table
+from sigstream.stream.topics import ALERTS_TOPIC, DLQ_TOPIC, EVENT_TOPIC_PATTERN
+from sigstream.stream.rules import LEVELS
 
 log = logging.getLogger("sigstream.run")
 
-DEFAULT_GROUP = "sigstream-processor"
 BOOTSTRAP_ENV = "SIGSTREAM_BOOTSTRAP"
 EXIT_FAILURE = 1
 
@@ -52,84 +53,6 @@ def bootstrap_option(f: Callable) -> Callable:
     return click.option("--bootstrap", metavar="HOST:PORT",
                         help=f"Kafka bootstrap server(s). Default: ${BOOTSTRAP_ENV}; unset = embedded "
                              "mode (no Kafka).")(f)
-
-
-# ------------------------------------------------------------------- output ---
-
-def alert_line(a: dict[str, Any]) -> str:
-    """One rich-markup line per alert: time, level (coloured), host, rule, what matched."""
-    rule = a.get("rule") or {}
-    level = rule.get("level") or "?"
-    style = LEVEL_STYLE.get(level, "")
-    matched = a.get("matched") or []
-    hit = ""
-    if matched:
-        m = matched[0]
-        hit = f"{m.get('field')}={str(m.get('value'))[:60]}"
-    ev = a.get("event") or {}
-    t = str(a.get("event_time") or "")[11:19]
-    return (f"[dim]{t}[/dim] [{style}]{level:<8}[/] [cyan]{escape(str(a.get('host') or '?'))}[/cyan] "
-            f"[bold]{escape(rule.get('title') or '')}[/bold]"
-            f"{' [dim](' + escape(hit) + ')[/dim]' if hit else ''}\n         {escape(what(ev, 140))}")
-
-
-class LiveSink:
-    """Prints alerts as they become durable (on flush): rich lines or JSONL; summary on close."""
-
-    def __init__(self, fmt: str, console: Console | None = None, summary: bool = True,
-                 dedupe: bool = False):
-        self.fmt = fmt
-        self.console = console or Console(highlight=False, soft_wrap=True)
-        self.summary = summary
-        self.dedupe = dedupe
-        self.seen: set[str] = set()
-        self.shown: list[dict[str, Any]] = []
-        self._pending: list[dict[str, Any]] = []
-
-    def add(self, alert: dict[str, Any]) -> None:
-        self._pending.append(alert)
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for a in pending:
-            if self.dedupe:
-                if a["alert_id"] in self.seen:
-                    continue
-                self.seen.add(a["alert_id"])
-            self.shown.append(a)
-            if self.fmt == "jsonl":
-                sys.stdout.buffer.write(orjson.dumps(a, default=str) + b"\n")
-            else:
-                self.console.print(alert_line(a))
-        if self.fmt == "jsonl":
-            sys.stdout.buffer.flush()
-
-    def close(self) -> None:
-        self.flush()
-        if self.fmt != "jsonl" and self.summary:
-            if self.shown:
-                self.console.print(summary_table(self.shown))
-            else:
-                self.console.print("[green]No detections.[/green]")
-
-
-class TeeSink:
-    """Every alert to several sinks; flush flushes all (the durable one first)."""
-
-    def __init__(self, *sinks: Any):
-        self.sinks = [s for s in sinks if s is not None]
-
-    def add(self, alert: dict[str, Any]) -> None:
-        for s in self.sinks:
-            s.add(alert)
-
-    def flush(self) -> None:
-        for s in self.sinks:
-            s.flush()
-
-    def close(self) -> None:
-        for s in self.sinks:
-            s.close()
 
 
 def _extra_sinks(url: str | None, payload: str, secret_env: str | None, dead_letter: str | None,
@@ -162,56 +85,6 @@ def _dedup_wrapper(path: str | None) -> Callable[[Any], Any] | None:
     except Exception as e:
         raise click.UsageError(f"--dedup {path}: {e}")
     return lambda sink: DedupSink(sink, Deduplicator(policy), clock=time.time)
-
-
-class RuleWatcher:
-    """True when the set, mtime or size of the rule files changed since the last call."""
-
-    def __init__(self, paths: Iterable[str]):
-        self.paths = list(paths)
-        self.sig = self._signature()
-
-    def _signature(self) -> tuple:
-        out = []
-        for f in find_rule_files(self.paths):
-            try:
-                st = f.stat()
-                out.append((str(f), st.st_mtime_ns, st.st_size))
-            except OSError:
-                continue
-        return tuple(out)
-
-    def __call__(self) -> bool:
-        sig = self._signature()
-        changed, self.sig = sig != self.sig, sig
-        return changed
-
-
-def _install_signals(processor: Any) -> Callable[[], None]:
-    """SIGTERM/SIGINT: finish the batch, commit, exit 0 (a second one aborts). SIGHUP: reload."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous: dict[int, Any] = {}
-
-    def on_stop(signum: int, frame: Any) -> None:
-        if processor.stopping:
-            raise KeyboardInterrupt
-        log.warning("%s: finishing the current batch, committing, exiting", signal.Signals(signum).name)
-        processor.stop()
-
-    def on_hup(signum: int, frame: Any) -> None:
-        log.warning("SIGHUP: reloading rules at the next batch boundary")
-        processor.request_reload()
-
-    for sig, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
-                         (getattr(signal, "SIGHUP", None), on_hup)):
-        if sig is not None:
-            previous[sig] = signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-    return restore
 
 
 def engine_options(f: Callable) -> Callable:
@@ -271,106 +144,6 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
         f"[bold]{mode}[/bold]: {m.events:,} events, {m.alerts:,} alerts, {m.dead_letters:,} dead letters, "
         f"{m.rules:,} rules{f', {m.reloads} reload(s)' if m.reloads else ''}, {seconds:.2f}s, "
         f"{rate:,.0f} events/s", highlight=False)
-
-
-# ---------------------------------------------------------------- embedded ---
-
-def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
-                 until_idle: float | None = None, rule_loader: Callable | None = None,
-                 watch: Callable | None = None, group: str = DEFAULT_GROUP,
-                 wrap: Callable[[Any], Any] | None = None) -> Any:
-    """Files -> collector thread -> MemoryBroker -> Processor -> out. Returns the metrics."""
-    from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
-                                   MemorySource, publish_events)
-    from sigstream.connectors.readers import find_event_files, read_events
-    from sigstream.stream.detector import Detector
-    from sigstream.stream.processor import Processor
-
-    files = find_event_files(inputs)
-    broker = MemoryBroker()
-    done = threading.Event()
-    read_errors: list[Any] = []
-
-    def collect() -> None:
-        try:
-            publish_events(MemoryProducer(broker),
-                           (ev for ev, _ in read_events(files, on_error=read_errors.append)),
-                           collector_id="embedded")
-        except Exception:
-            log.exception("embedded collector failed")
-        finally:
-            done.set()
-
-    collector = threading.Thread(target=collect, name="collector", daemon=True)
-    source = MemorySource(broker, EVENTS_TOPIC_PATTERN, group)
-    alerts = TeeSink(MemoryAlertSink(broker, ALERTS_TOPIC), out)
-    if wrap is not None:
-        alerts = wrap(alerts)
-    dlq = MemoryDeadLetterSink(broker, DLQ_TOPIC)
-    processor = Processor(source, Detector(engine), alerts, dlq, batch_size=batch_size,
-                          poll_timeout_s=0.2, until_idle_s=until_idle, idle_exit=done.is_set,
-                          rule_loader=rule_loader, watch=watch)
-    restore = _install_signals(processor)
-    collector.start()
-    try:
-        metrics = processor.run()
-    finally:
-        restore()
-        alerts.close()
-        dlq.close()
-        source.close()
-    for e in read_errors[:10]:
-        err_console.print(f"[yellow]unreadable record[/yellow] {e}", soft_wrap=True)
-    if len(read_errors) > 10:
-        err_console.print(f"[yellow]… {len(read_errors) - 10} more unreadable records[/yellow]")
-    for d in broker.messages(DLQ_TOPIC)[:10]:
-        err_console.print(f"[yellow]dead letter[/yellow] {d.header('source_topic').decode()}"
-                          f"@{d.header('source_offset').decode()}: {d.header('reason').decode()}")
-    return metrics
-
-
-# ------------------------------------------------------------------- kafka ---
-
-def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_beginning: bool,
-              alerts_topic: str, dlq_topic: str, batch_size: int, until_idle: float | None,
-              rule_loader: Callable | None = None, watch: Callable | None = None,
-              echo: Any = None, session_timeout_s: float = 45.0,
-              wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0) -> Any:
-    from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
-                                  KafkaSource, create_topics)
-    from sigstream.stream.detector import Detector
-    from sigstream.stream.processor import Processor
-
-    settings = KafkaSettings(bootstrap=bootstrap)
-    try:  # the output topics must exist (the broker may not auto-create them); idempotent
-        create_topics(settings, [alerts_topic, dlq_topic])
-    except KafkaError as e:
-        log.warning("could not create %s/%s (they must exist): %s", alerts_topic, dlq_topic, e)
-    source = KafkaSource(settings, topics, group, from_beginning=from_beginning,
-                         max_poll_records=max(batch_size, 1), session_timeout_s=session_timeout_s)
-    alerts = KafkaAlertSink(settings, alerts_topic)
-    dlq = KafkaDeadLetterSink(settings, dlq_topic)
-    sink = TeeSink(alerts, echo) if echo is not None else alerts
-    if wrap is not None:
-        sink = wrap(sink)
-    processor = Processor(source, Detector(engine), sink, dlq, batch_size=batch_size,
-                          poll_timeout_s=0.5, until_idle_s=until_idle, rule_loader=rule_loader,
-                          watch=watch, log_interval_s=15.0, commit_interval_s=commit_interval_s)
-    restore = _install_signals(processor)
-    ok = False
-    try:
-        metrics = processor.run()
-        ok = True
-    finally:
-        restore()
-        for closer in (sink.close, dlq.close, source.close):
-            try:
-                closer()
-            except Exception as e:  # noqa: BLE001
-                if ok:
-                    raise
-                log.warning("while closing after a failure: %s", e)
-    return metrics
 
 
 # --------------------------------------------------------------------- run ---
@@ -532,9 +305,9 @@ def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, 
     if bootstrap is None:
         metrics = run_embedded(engine, files, live, batch_size=20, group="sigstream-demo")
     else:
-        _collect_to_kafka(bootstrap, files)
+        publish_files_to_kafka(bootstrap, files)
         metrics = run_kafka(engine, bootstrap, group=f"sigstream-demo-{uuid.uuid4().hex[:8]}",
-                            topics=EVENTS_TOPIC_PATTERN, from_beginning=True, alerts_topic=ALERTS_TOPIC,
+                            topics=EVENT_TOPIC_PATTERN, from_beginning=True, alerts_topic=ALERTS_TOPIC,
                             dlq_topic=DLQ_TOPIC, batch_size=100, until_idle=until_idle, echo=live)
     seconds = time.perf_counter() - t0
     console.print()
@@ -547,26 +320,6 @@ def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, 
                   f"({', '.join(hosts)}), {metrics.dead_letters} dead letters, {seconds:.2f}s")
     console.print("[dim]next: sigstream hunt -r sigma_rules/ samples/   |   "
                   "sigstream run -r sigma_rules/ --bootstrap HOST:PORT[/dim]")
-
-
-def _collect_to_kafka(bootstrap: str, files: list[str]) -> None:
-    """Publish files to the event topics (creating the topics) via connectors.kafka."""
-    import tempfile
-
-    from sigstream.connectors import kafka as kc
-    from sigstream.connectors.readers import read_events
-
-    settings = kc.KafkaSettings(bootstrap=bootstrap)
-    kc.create_topics(settings, kc.all_topics(), 3)
-    with tempfile.TemporaryDirectory(prefix="sigstream-demo-spool-") as spool:
-        pub = kc.KafkaEventPublisher(settings, collector_id="demo", spool_dir=spool)
-        try:
-            for ev, _ in read_events(files):
-                pub.publish(ev)
-            if not pub.flush(60):
-                raise click.ClickException(f"Kafka at {bootstrap} did not acknowledge the demo events")
-        finally:
-            pub.close()
 
 
 # ------------------------------------------------------------- alerts tail ---
@@ -664,7 +417,7 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
     if alert_format != "native":
         from sigstream.stream.alert_formats import FormattingSink
         out = FormattingSink(out, alert_format)
-    settings = KafkaSettings(bootstrap=bootstrap)
+    settings = KafkaSettings.from_env(bootstrap=bootstrap)
     results_topic = f"{topic_prefix}.action-results"
     # A throw-away group id: positions are never committed, no other reader is affected.
     source = KafkaSource(settings, [topic, results_topic] if with_actions else [topic],

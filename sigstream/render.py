@@ -1,11 +1,16 @@
 """Human output: the hunt summary table and detections list (rich)."""
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from typing import Any
 
+import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+err_console = Console(stderr=True, highlight=False)   # every command's messages to the user
 
 LEVEL_STYLE = {
     "critical": "bold white on red", "high": "bold red", "medium": "yellow",
@@ -80,3 +85,62 @@ def detections_table(alerts: list[dict[str, Any]]) -> Table:
                       f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", a["rule"]["title"],
                       what(a["event"]))
     return table
+
+
+def alert_line(a: dict[str, Any]) -> str:
+    """One rich-markup line per alert: time, level (coloured), host, rule, what matched."""
+    rule = a.get("rule") or {}
+    level = rule.get("level") or "?"
+    style = LEVEL_STYLE.get(level, "")
+    matched = a.get("matched") or []
+    hit = ""
+    if matched:
+        m = matched[0]
+        hit = f"{m.get('field')}={str(m.get('value'))[:60]}"
+    ev = a.get("event") or {}
+    t = str(a.get("event_time") or "")[11:19]
+    return (f"[dim]{t}[/dim] [{style}]{level:<8}[/] [cyan]{escape(str(a.get('host') or '?'))}[/cyan] "
+            f"[bold]{escape(rule.get('title') or '')}[/bold]"
+            f"{' [dim](' + escape(hit) + ')[/dim]' if hit else ''}\n         {escape(what(ev, 140))}")
+
+
+class LiveSink:
+    """Prints alerts as they become durable (on flush): rich lines or JSONL; summary on close."""
+
+    def __init__(self, fmt: str, console: Console | None = None, summary: bool = True,
+                 dedupe: bool = False):
+        self.fmt = fmt
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.summary = summary
+        self.dedupe = dedupe
+        self.seen: set[str] = set()
+        self.shown: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
+
+    def add(self, alert: dict[str, Any]) -> None:
+        self._pending.append(alert)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for a in pending:
+            if self.dedupe:
+                if a["alert_id"] in self.seen:
+                    continue
+                self.seen.add(a["alert_id"])
+            self.shown.append(a)
+            if self.fmt == "jsonl":
+                sys.stdout.buffer.write(orjson.dumps(a, default=str) + b"\n")
+            else:
+                self.console.print(alert_line(a))
+        if self.fmt == "jsonl":
+            sys.stdout.buffer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.fmt != "jsonl" and self.summary:
+            if self.shown:
+                self.console.print(summary_table(self.shown))
+            else:
+                self.console.print("[green]No detections.[/green]")
+
+

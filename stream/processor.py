@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from sigstream.stream.commit import CommitOutcome, commit_outputs
-from sigstream.stream.detector import Detector, iso_utc  # noqa: F401 - iso_utc re-exported
+from sigstream.stream.detector import Detector
 from sigstream.stream.engine import Engine
 from sigstream.stream.envelope import EnvelopeError, decode
 from sigstream.stream.rules import Rule

@@ -450,7 +450,7 @@ def test_alert_filter():
 
 def test_rule_watcher_sees_changes(tmp_path):
     import os
-    from sigstream.cmd_run import RuleWatcher
+    from sigstream.processing import RuleWatcher
     (tmp_path / "a.yml").write_text(ENC_RULE)
     w = RuleWatcher([str(tmp_path)])
     assert w() is False
@@ -543,7 +543,7 @@ def test_iso_utc_formats_like_strftime_across_seconds():
     import random
     from datetime import datetime, timezone
 
-    from sigstream.stream.processor import iso_utc
+    from sigstream.stream.detector import iso_utc
     rnd = random.Random(7)
     ts = 1_764_000_000.0
     for _ in range(5000):
