@@ -6,6 +6,7 @@ directory: demo, hunt, check and test use the bundled rule pack and samples.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import venv
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# the venv must see its own install, not a source tree named on PYTHONPATH
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def installed(tmp_path_factory):
 
 def run(python: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), "-m", "sigstream", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=CLEAN_ENV)
 
 
 def test_wheel_installs_only_the_sigstream_import_name(installed):
@@ -51,7 +54,7 @@ def test_wheel_installs_only_the_sigstream_import_name(installed):
 def test_installed_package_is_the_wheel_not_the_source_tree(installed):
     _, python, empty = installed
     out = subprocess.run([str(python), "-c", "import sigstream.stream.engine as e; print(e.__file__)"],
-                         cwd=empty, capture_output=True, text=True, check=True).stdout
+                         cwd=empty, capture_output=True, text=True, check=True, env=CLEAN_ENV).stdout
     assert str(REPO) not in out and "site-packages" in out
 
 
@@ -64,7 +67,7 @@ def test_demo_hunt_check_test_from_an_empty_directory(installed):
 
     samples = subprocess.run([str(python), "-c", "from sigstream.resources import samples_dir; "
                               "print(samples_dir())"], cwd=empty, capture_output=True, text=True,
-                             check=True).stdout.strip()
+                             check=True, env=CLEAN_ENV).stdout.strip()
     hunt = run(python, empty, "hunt", "-f", "jsonl", samples)
     assert hunt.returncode == 0, hunt.stderr[-2000:]
     assert hunt.stdout.count('"alert_id"') > 0
