@@ -27,8 +27,15 @@ def installed(tmp_path_factory):
                     "-q", "-w", str(work / "dist"), str(REPO)], check=True, capture_output=True)
     (wheel,) = (work / "dist").glob("sigstream-*.whl")
     env_dir = work / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    # The dependencies come from this interpreter's site-packages, named in a .pth file: its
+    # directories join sys.path, but their own .pth files (the editable install's import
+    # hook for the source tree) are not run.
+    site_dir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    deps = {p for p in sys.path if p.endswith("site-packages")}
+    Path(site_dir, "system-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
                     "-q", str(wheel)], check=True, capture_output=True)
     empty = work / "empty"

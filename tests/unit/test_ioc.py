@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -113,10 +112,8 @@ def test_thousands_of_hashes_and_alert_document(tmp_path):
     assert alert["rule"]["title"] == "Known-bad hash: bad (bad)"
     assert alert["rule"]["level"] == "high"
     assert alert["matched"] and alert["matched"][-1]["value"] == f"SHA256={SHA256}"
-    t = time.perf_counter()
-    for _ in range(2000):
-        engine.match(ev(1, f"SHA256={'1' * 64},MD5={MD5}"))
-    assert (time.perf_counter() - t) / 2000 < 200e-6
+    # (speed is measured by bench/, not here: a timed assertion fails on a busy machine)
+    assert engine.match(ev(1, f"SHA256={'1' * 64},MD5={MD5}")) == []
 
 
 def test_watcher_reloads_on_change(tmp_path):
