@@ -2,8 +2,11 @@
 
 Two layers:
 
-1. client wrappers: :class:`KafkaSettings` (connection/security config),
-   :func:`create_topics`, topic names;
+1. client wrappers: :class:`KafkaSettings` (connection/security config; commands get
+   theirs from :meth:`KafkaSettings.from_env`), :func:`check_connection` (the bounded
+   bootstrap check every client goes through, which turns authentication / TLS /
+   protocol mismatches into one :class:`KafkaConnectError`), :func:`create_topics`,
+   topic names;
 2. semantics: :class:`KafkaSource` (consumer group -> :class:`Message`),
    :class:`KafkaRecordProducer` / :class:`KafkaAlertSink` /
    :class:`KafkaDeadLetterSink` (acknowledged writes), and
@@ -61,9 +64,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -125,6 +130,30 @@ class KafkaError(RuntimeError):
     """A Kafka problem with a user-facing message."""
 
 
+try:  # a CLI command that does not catch KafkaConnectError still shows one line, no traceback
+    from click import ClickException as _OneLineError
+except ImportError:  # pragma: no cover - click is a dependency of the package
+    _OneLineError = Exception  # type: ignore[assignment,misc]
+
+
+class KafkaConnectError(KafkaError, _OneLineError):
+    """Kafka cannot be used with these settings: unreachable, or it refused us.
+
+    ``config`` is True when the cause is the client's own security settings
+    (authentication, TLS trust or hostname, a protocol that does not match the listener):
+    retrying with the same settings cannot help. Also a ``click.ClickException``, so that
+    a command that does not handle it exits 1 with its message instead of a traceback.
+    """
+
+    def __init__(self, message: str, *, config: bool = False):
+        _OneLineError.__init__(self, message)
+        self.message = message
+        self.config = config
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class DeliveryError(KafkaError):
     def __init__(self, failures: list[tuple[str, str]]):
         self.failures = failures     # (topic, reason)
@@ -137,31 +166,55 @@ class DeliveryError(KafkaError):
 # settings
 # --------------------------------------------------------------------------
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise KafkaConnectError(f"{name} must be true or false, got {value!r}", config=True)
+
+
 @dataclass
 class KafkaSettings:
+    """Connection and security settings of every Kafka client sigstream makes.
+
+    Commands get theirs from :meth:`from_env` (the SIGSTREAM_* variables). The password
+    is not part of the repr; nothing in this module logs :meth:`client_kwargs`.
+    """
     bootstrap: str = field(default_factory=lambda: os.environ.get("SIGSTREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP))
     client_id: str = "sigstream"
     security_protocol: str = "PLAINTEXT"      # SSL, SASL_PLAINTEXT, SASL_SSL
     sasl_mechanism: str | None = None         # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True           # the broker certificate must name the host we dial
 
     @classmethod
     def from_env(cls, bootstrap: str | None = None, **overrides: Any) -> "KafkaSettings":
-        """Settings from SIGSTREAM_* environment variables, overridden by arguments."""
+        """Settings from SIGSTREAM_* environment variables, overridden by arguments.
+
+        SIGSTREAM_BOOTSTRAP, SIGSTREAM_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT,
+        SASL_SSL), SIGSTREAM_SASL_MECHANISM / _USERNAME / _PASSWORD,
+        SIGSTREAM_SSL_CAFILE / _CERTFILE / _KEYFILE, SIGSTREAM_SSL_CHECK_HOSTNAME (true).
+        """
         env = os.environ.get
         s = cls(
-            bootstrap=bootstrap or env("SIGSTREAM_BOOTSTRAP", DEFAULT_BOOTSTRAP),
-            security_protocol=env("SIGSTREAM_SECURITY_PROTOCOL", "PLAINTEXT"),
-            sasl_mechanism=env("SIGSTREAM_SASL_MECHANISM"),
+            bootstrap=bootstrap or env("SIGSTREAM_BOOTSTRAP") or DEFAULT_BOOTSTRAP,
+            security_protocol=env("SIGSTREAM_SECURITY_PROTOCOL") or "PLAINTEXT",
+            sasl_mechanism=env("SIGSTREAM_SASL_MECHANISM") or None,
             sasl_username=env("SIGSTREAM_SASL_USERNAME"),
             sasl_password=env("SIGSTREAM_SASL_PASSWORD"),
-            ssl_cafile=env("SIGSTREAM_SSL_CAFILE"),
-            ssl_certfile=env("SIGSTREAM_SSL_CERTFILE"),
-            ssl_keyfile=env("SIGSTREAM_SSL_KEYFILE"),
+            ssl_cafile=env("SIGSTREAM_SSL_CAFILE") or None,
+            ssl_certfile=env("SIGSTREAM_SSL_CERTFILE") or None,
+            ssl_keyfile=env("SIGSTREAM_SSL_KEYFILE") or None,
+            ssl_check_hostname=_env_bool("SIGSTREAM_SSL_CHECK_HOSTNAME", True),
         )
         for k, v in overrides.items():
             if v is not None:
@@ -171,12 +224,15 @@ class KafkaSettings:
     def client_kwargs(self) -> dict[str, Any]:
         proto = self.security_protocol.upper()
         if proto not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise KafkaError(f"unknown security protocol {self.security_protocol!r}")
+            raise KafkaConnectError(f"unknown security protocol {self.security_protocol!r} "
+                                    "(SIGSTREAM_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or "
+                                    "SASL_SSL)", config=True)
         kw: dict[str, Any] = {"bootstrap_servers": [b.strip() for b in self.bootstrap.split(",") if b.strip()],
                               "client_id": self.client_id, "security_protocol": proto}
         if proto.startswith("SASL"):
             if not self.sasl_mechanism:
-                raise KafkaError(f"{proto} needs a SASL mechanism (e.g. PLAIN, SCRAM-SHA-512)")
+                raise KafkaConnectError(f"{proto} needs a SASL mechanism (SIGSTREAM_SASL_MECHANISM, "
+                                        "e.g. PLAIN, SCRAM-SHA-512)", config=True)
             kw["sasl_mechanism"] = self.sasl_mechanism
             if self.sasl_username is not None:
                 kw["sasl_plain_username"] = self.sasl_username
@@ -186,11 +242,312 @@ class KafkaSettings:
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
                 if getattr(self, name):
                     kw[name] = getattr(self, name)
+            kw["ssl_check_hostname"] = bool(self.ssl_check_hostname)
         return kw
+
+    def _cache_key(self) -> tuple:
+        return (self.bootstrap, self.security_protocol.upper(), self.sasl_mechanism, self.sasl_username,
+                self.sasl_password, self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
+                self.ssl_check_hostname)
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    name, text = type(exc).__name__, str(exc)
+    # kafka-python's errors already start with their class name
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+# --------------------------------------------------------------------------
+# connection check: one clear error instead of a hang or pages of client logs
+# --------------------------------------------------------------------------
+
+CONNECT_TIMEOUT_S = 10.0      # bound of the check before each client is made
+_CHECK_OK_TTL_S = 60.0        # a passed check is not repeated for this long (same settings)
+_CHECK_FAILED_TTL_S = 5.0     # nor a failed one (a command making several clients fails once)
+_check_cache: dict[tuple, tuple[float, "KafkaConnectError | None"]] = {}
+_check_lock = threading.Lock()
+
+_silence_lock = threading.Lock()
+_silence_depth = 0
+_silence_saved: int = logging.NOTSET
+
+
+@contextmanager
+def _kafka_logs_silenced():
+    """kafka-python logs every failed attempt (ERROR/WARNING); during the check the
+    failure is reported once, by the check. Not with debug logging (--log-level debug)."""
+    global _silence_depth, _silence_saved
+    logger = logging.getLogger("kafka")
+    if _silence_depth == 0 and logger.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    with _silence_lock:
+        if _silence_depth == 0:
+            _silence_saved = logger.level
+            logger.setLevel(logging.CRITICAL + 1)
+        _silence_depth += 1
+    try:
+        yield
+    finally:
+        with _silence_lock:
+            _silence_depth -= 1
+            if _silence_depth == 0:
+                logger.setLevel(_silence_saved)
+
+
+def _split_hostport(server: str) -> tuple[str, int]:
+    server = server.strip()
+    if server.startswith("["):                     # [v6]:port
+        host, _, rest = server[1:].partition("]")
+        port = rest.lstrip(":")
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    else:
+        host, port = server, ""
+    try:
+        return host, int(port) if port else 9092
+    except ValueError:
+        raise KafkaConnectError(f"bad Kafka bootstrap address {server!r} (expected HOST:PORT)",
+                                config=True) from None
+
+
+def _settings_problem(settings: KafkaSettings, kw: dict[str, Any]) -> str | None:
+    proto = kw["security_protocol"]
+    if proto.startswith("SASL_") and (not settings.sasl_username or settings.sasl_password is None) \
+            and str(settings.sasl_mechanism).upper() in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        return (f"{proto} with {settings.sasl_mechanism} needs a user name and a password: "
+                "set SIGSTREAM_SASL_USERNAME and SIGSTREAM_SASL_PASSWORD")
+    if proto in ("SSL", "SASL_SSL"):
+        for name, var in (("ssl_cafile", "SIGSTREAM_SSL_CAFILE"), ("ssl_certfile", "SIGSTREAM_SSL_CERTFILE"),
+                          ("ssl_keyfile", "SIGSTREAM_SSL_KEYFILE")):
+            path = kw.get(name)
+            if path and not os.access(path, os.R_OK):
+                why = "does not exist" if not os.path.exists(path) else "is not readable"
+                return f"{var}={path} {why}"
+    return None
+
+
+def _who(settings: KafkaSettings) -> str:
+    return f"SASL {settings.sasl_mechanism} user {settings.sasl_username!r}"
+
+
+def _tls_problem(settings: KafkaSettings, host: str, detail: str) -> str:
+    """What a failed TLS handshake most likely means."""
+    d = detail.lower()
+    proto = settings.security_protocol.upper()
+    if "mismatch" in d or "not valid for" in d:
+        return (f"TLS: the broker certificate is not valid for {host!r} ({detail}): connect with a "
+                "name or address the certificate lists, or set SIGSTREAM_SSL_CHECK_HOSTNAME=false")
+    if "certificate verify failed" in d:
+        why = detail.split("certificate verify failed:", 1)[-1].split("(_ssl", 1)[0].strip()
+        ca = f"SIGSTREAM_SSL_CAFILE={settings.ssl_cafile}" if settings.ssl_cafile else "SIGSTREAM_SSL_CAFILE unset"
+        return (f"TLS: the broker certificate is not trusted ({why}; {ca}): set SIGSTREAM_SSL_CAFILE "
+                "to the CA certificate that signed it")
+    if "alert" in d and ("certificate" in d or "handshake failure" in d):
+        return (f"TLS handshake refused by the broker ({detail}): it may require a client "
+                "certificate (SIGSTREAM_SSL_CERTFILE / SIGSTREAM_SSL_KEYFILE)")
+    return (f"TLS handshake failed ({detail}): the listener probably does not use TLS; "
+            f"SIGSTREAM_SECURITY_PROTOCOL is {proto}, try "
+            f"{'PLAINTEXT' if proto == 'SSL' else 'SASL_PLAINTEXT (or PLAINTEXT)'}")
+
+
+def _handshake_problem(settings: KafkaSettings, host: str, exc: BaseException | None,
+                       versions_ok: bool, timeout_s: float) -> tuple[str, bool]:
+    """(message, config?) for a connection that reached the port but did not complete the
+    Kafka handshake (TLS, ApiVersions, SASL). ``exc`` None: no answer in time."""
+    proto = settings.security_protocol.upper()
+    tls = proto in ("SSL", "SASL_SSL")
+    detail = _describe(exc) if exc is not None else f"no answer within {timeout_s:g}s"
+    text = str(exc) if exc is not None else ""
+    if isinstance(exc, kerrors.UnsupportedSaslMechanismError):
+        return (f"the broker does not enable SASL mechanism {settings.sasl_mechanism}: "
+                "check SIGSTREAM_SASL_MECHANISM", True)
+    if isinstance(exc, kerrors.IllegalSaslStateError):
+        return (f"the listener does not take SASL ({detail}): SIGSTREAM_SECURITY_PROTOCOL is {proto}, "
+                f"try {'SSL' if proto == 'SASL_SSL' else 'PLAINTEXT'}", True)
+    if isinstance(exc, kerrors.SaslAuthenticationFailedError) or (versions_ok and proto.startswith("SASL_")):
+        # kafka-python may read the broker's close before its error response: a SASL client
+        # dropped after a successful ApiVersions exchange failed to log in
+        return (f"authentication failed ({_who(settings)}): check SIGSTREAM_SASL_USERNAME/PASSWORD"
+                f" (and that the broker enables {settings.sasl_mechanism})", True)
+    if isinstance(exc, OSError) and not isinstance(exc, kerrors.KafkaError):
+        # ssl.SSLError from loading the CA / certificate / key files
+        return (f"cannot load the TLS files ({detail}): check SIGSTREAM_SSL_CAFILE / "
+                "SIGSTREAM_SSL_CERTFILE / SIGSTREAM_SSL_KEYFILE", True)
+    if "Handshake failed" in text:
+        return _tls_problem(settings, host, text.split("Handshake failed", 1)[1].lstrip(": ")), True
+    if versions_ok:
+        return f"the Kafka handshake failed ({detail})", False
+    if not tls:
+        # a TLS listener answers Kafka bytes with a TLS alert (read as a huge frame) or a close
+        return (f"the broker closed the connection without a Kafka answer ({detail}): the listener "
+                f"probably expects TLS (SSL or SASL_SSL) but SIGSTREAM_SECURITY_PROTOCOL is {proto}: "
+                "set it (and SIGSTREAM_SSL_CAFILE, SIGSTREAM_SASL_*) to match the listener", True)
+    if exc is None:
+        return (f"no TLS/Kafka handshake within {timeout_s:g}s: is this a Kafka listener, and does it "
+                f"use TLS (SIGSTREAM_SECURITY_PROTOCOL is {proto})?", True)
+    return f"no Kafka answer after the TLS handshake ({detail}): is this a Kafka listener?", False
+
+
+class _Unreachable(KafkaConnectError):
+    """Nothing accepts TCP connections there (yet)."""
+
+
+def _probe_server(settings: KafkaSettings, kw: dict[str, Any], server: str, deadline: float) -> None:
+    """One bounded connection to one bootstrap server: TCP, TLS, ApiVersions, SASL, then a
+    metadata request (a listener that wants SASL drops a client without it only then).
+    Raises KafkaConnectError."""
+    from kafka.net.compat import KafkaNetClient
+
+    host, port = _split_hostport(server)
+    proto = kw["security_protocol"]
+    where = f"Kafka at {server}"
+    # 1. TCP (check_connection retries this until its deadline)
+    try:
+        with socket.create_connection((host, port), timeout=max(0.1, min(3.0, deadline - time.monotonic()))):
+            pass
+    except OSError as e:
+        raise _Unreachable(f"cannot reach {where}: {e.strerror or e}") from None
+    # 2. the Kafka handshake through kafka-python, exactly as its clients make it
+    timeout_s = max(0.5, deadline - time.monotonic())
+    client = KafkaNetClient(**dict(kw, bootstrap_servers=[server]), reconnect_backoff_ms=50,
+                            request_timeout_ms=int(timeout_s * 1000))
+    try:
+        node = client.cluster.bootstrap_brokers()[0]
+        conn = client._manager.get_connection(node.node_id, timeout_ms=int(timeout_s * 1000))
+        client._net.poll(timeout_ms=int(timeout_s * 1000), future=conn.init_future)
+        init = conn.init_future
+        if not init.is_done or init.failed():
+            exc = init.exception if init.is_done else None
+            msg, config = _handshake_problem(settings, host, exc, conn.broker_version_data is not None,
+                                             timeout_s)
+            raise KafkaConnectError(f"{where}: {msg}", config=config)
+        left = max(0.5, deadline - time.monotonic())
+        fut = conn.send_request(client.cluster.metadata_request(), request_timeout_ms=int(left * 1000))
+        client._net.poll(timeout_ms=int(left * 1000), future=fut)
+        if fut.is_done and fut.succeeded():
+            if not getattr(fut.value, "brokers", None):
+                raise KafkaConnectError(f"{where}: the metadata response lists no broker (still starting?)")
+            return
+        exc = fut.exception if fut.is_done else None
+        if proto in ("PLAINTEXT", "SSL"):
+            raise KafkaConnectError(
+                f"{where}: the broker closed the connection after the handshake "
+                f"({_describe(exc) if exc else 'no metadata answer'}): the listener probably requires "
+                f"SASL authentication; SIGSTREAM_SECURITY_PROTOCOL is {proto}, try "
+                f"SASL_{proto} with SIGSTREAM_SASL_MECHANISM/USERNAME/PASSWORD", config=True)
+        if isinstance(exc, (kerrors.AuthorizationError, kerrors.TopicAuthorizationFailedError,
+                            kerrors.ClusterAuthorizationFailedError)):
+            raise KafkaConnectError(f"{where}: not authorised ({_who(settings)}): {_describe(exc)}", config=True)
+        raise KafkaConnectError(f"{where}: metadata request failed: "
+                                f"{_describe(exc) if exc else f'no answer within {left:.0f}s'}")
+    finally:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def check_connection(settings: KafkaSettings, timeout_s: float = CONNECT_TIMEOUT_S, *,
+                     use_cache: bool = True) -> None:
+    """A bounded bootstrap check with ``settings``; raises :class:`KafkaConnectError` with
+    one message saying what is wrong and the likely fix (authentication failed, certificate
+    not trusted or not for this host, a listener speaking another protocol, unreachable).
+
+    Every client of this module is made after it (:func:`_client`). kafka-python itself
+    would retry such failures until its timeouts, logging every attempt. A result is
+    remembered for a short while per settings, so a command making several clients checks
+    (or fails) once.
+    """
+    kw = settings.client_kwargs()
+    key = settings._cache_key()
+    now = time.monotonic()
+    if use_cache:
+        with _check_lock:
+            hit = _check_cache.get(key)
+        if hit is not None:
+            at, err = hit
+            if now - at < (_CHECK_FAILED_TTL_S if err else _CHECK_OK_TTL_S):
+                if err is not None:
+                    raise KafkaConnectError(err.message, config=err.config)
+                return
+    problem = _settings_problem(settings, kw)
+    if problem:
+        raise KafkaConnectError(f"Kafka at {settings.bootstrap}: {problem}", config=True)
+    deadline = time.monotonic() + max(0.5, timeout_s)
+    err: KafkaConnectError | None = None
+    with _kafka_logs_silenced():
+        # rounds over the bootstrap servers: the first one that completes the check wins; a
+        # settings problem ends the check; while none accepts TCP connections (a broker
+        # starting up) rounds repeat until the deadline
+        while True:
+            errors: list[KafkaConnectError] = []
+            for server in kw["bootstrap_servers"]:
+                try:
+                    _probe_server(settings, kw, server, deadline)
+                    errors = []
+                    break
+                except KafkaConnectError as e:
+                    errors.append(e)
+                    if e.config or time.monotonic() >= deadline:
+                        break
+                except Exception as e:  # noqa: BLE001 - kafka-python internals: leave it to the client
+                    log.debug("connection check of %s skipped: %s", server, _describe(e))
+                    errors = []
+                    break
+            if not errors:
+                break
+            # a settings problem is the more useful message when some servers are merely down
+            err = next((e for e in errors if e.config), errors[0])
+            if not all(isinstance(e, _Unreachable) for e in errors) or time.monotonic() + 0.5 >= deadline:
+                break
+            time.sleep(0.5)
+        if not errors:
+            err = None
+    with _check_lock:
+        _check_cache[key] = (time.monotonic(), err)
+    if err is not None:
+        raise KafkaConnectError(err.message, config=err.config)
+
+
+def _client(factory: Any, settings: KafkaSettings, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+            **extra: Any) -> Any:
+    """THE place where this module makes kafka-python clients (KafkaAdminClient,
+    KafkaConsumer, KafkaProducer): the connection check first, then the client; its own
+    bootstrap failures become KafkaConnectError too."""
+    check_connection(settings, connect_timeout_s)
+    try:
+        with _kafka_logs_silenced():
+            return factory(**{**settings.client_kwargs(), **extra})
+    except (kerrors.KafkaError, OSError) as e:
+        with _check_lock:
+            _check_cache.pop(settings._cache_key(), None)
+        raise KafkaConnectError(f"cannot connect to Kafka at {settings.bootstrap}: {_describe(e)}",
+                                config=isinstance(e, (kerrors.SaslAuthenticationFailedError,
+                                                      kerrors.UnsupportedSaslMechanismError))) from e
+
+
+class _RedactSecrets(logging.Filter):
+    """kafka-python's admin client logs its whole configuration at DEBUG: no passwords."""
+
+    SECRET_KEYS = ("sasl_plain_password", "ssl_password", "sasl_oauth_token_provider")
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, dict) and any(k in value for k in self.SECRET_KEYS):
+            return {k: ("***" if k in self.SECRET_KEYS and v is not None else v) for k, v in value.items()}
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict):
+            record.args = self._clean(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        return True
+
+
+for _name in ("kafka.admin.client", "kafka.admin", "kafka.producer.kafka", "kafka.consumer.group",
+              "kafka.net.manager", "kafka.net.compat"):
+    logging.getLogger(_name).addFilter(_RedactSecrets())
 
 
 # errors about the record itself: resending it cannot help
@@ -244,20 +601,25 @@ def best_compression() -> str:
 
 def create_topics(settings: KafkaSettings, names: list[str], partitions: int = 3,
                   retention_ms: int | None = None, replication_factor: int = -1,
-                  timeout_s: float = 30) -> list[str]:
+                  timeout_s: float = 30, configs: dict[str, str] | None = None) -> list[str]:
     """Create ``names`` (existing topics are fine); returns the ones created now.
 
     ``replication_factor=-1`` uses the broker's ``default.replication.factor``.
+    ``configs``: topic configs for the new topics (e.g. ``{"cleanup.policy": "compact"}``);
+    an existing topic keeps its own.
     """
     try:
-        admin = KafkaAdminClient(**settings.client_kwargs(), request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+        admin = _client(KafkaAdminClient, settings, min(timeout_s, CONNECT_TIMEOUT_S),
+                        request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise KafkaError(f"cannot reach Kafka at {settings.bootstrap}: {_describe(e)}") from e
     try:
-        configs = {"retention.ms": str(retention_ms)} if retention_ms else {}
+        topic_configs = {"retention.ms": str(retention_ms)} if retention_ms else {}
+        topic_configs.update(configs or {})
         spec = {n: {"num_partitions": partitions, "replication_factor": replication_factor,
-                    "configs": configs} for n in names}
+                    "configs": topic_configs} for n in names}
         result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
         created, problems = [], []
         for t in result.get("topics", []):
@@ -306,8 +668,8 @@ class KafkaSource:
                  max_poll_records: int = 500, *, session_timeout_s: float = 45,
                  max_poll_interval_s: float = 300, metadata_max_age_s: float = 30):
         self.rebalances = 0
-        self._consumer = KafkaConsumer(
-            **settings.client_kwargs(), group_id=group_id, enable_auto_commit=False,
+        self._consumer = _client(
+            KafkaConsumer, settings, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",
             max_poll_records=max_poll_records, session_timeout_ms=int(session_timeout_s * 1000),
             max_poll_interval_ms=int(max_poll_interval_s * 1000),
@@ -349,6 +711,42 @@ class KafkaSource:
         self._consumer.close(autocommit=False)
 
 
+def read_changelog(settings: KafkaSettings, topic: str, timeout_s: float = 60) -> dict[bytes, bytes]:
+    """The latest value of every key of a (compacted) topic: read from the beginning to the
+    end offsets taken at the start, last value per key wins, a tombstone (None) deletes.
+    No consumer group (nothing is committed). KafkaError if the end is not reached in time."""
+    from kafka.structs import TopicPartition
+
+    consumer = _client(KafkaConsumer, settings, group_id=None, enable_auto_commit=False,
+                       auto_offset_reset="earliest")
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts: set[int] = set()
+        while not parts:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"changelog topic {topic} not found")
+                time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: dict[bytes, bytes] = {}
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise KafkaError(f"could not read changelog {topic} to its end within {timeout_s}s")
+            for _tp, records in consumer.poll(timeout_ms=500).items():
+                for r in records:
+                    if r.value is None:
+                        out.pop(r.key, None)
+                    else:
+                        out[r.key] = r.value
+        return out
+    finally:
+        consumer.close(autocommit=False)
+
+
 # --------------------------------------------------------------------------
 # producer side: alerts and dead letters
 # --------------------------------------------------------------------------
@@ -375,7 +773,7 @@ class KafkaRecordProducer:
         # Alerts carry the whole event (a few KB): kafka-python's 16 KB default batch would
         # mean one produce request per handful of alerts.
         self.topic = topic
-        self._producer = KafkaProducer(**_producer_kwargs(
+        self._producer = _client(KafkaProducer, settings, **_producer_kwargs(
             settings, acks, idempotent, best_compression() if compression == "auto" else compression,
             linger_ms, batch_size=batch_size,
             delivery_timeout_ms=int(delivery_timeout_s * 1000)))
@@ -446,6 +844,20 @@ class KafkaRecordProducer:
         self._pending.append(fut)
         self.sent += 1
         if len(self._pending) >= PENDING_SWEEP:  # a caller that rarely flushes: stay bounded
+            self._sweep()
+
+    def send_at(self, value: bytes, key: bytes | None, timestamp_ms: int | None) -> None:
+        """send() with the record's timestamp set (e.g. an event time); failures are
+        reported by flush() as for send()."""
+        try:
+            fut = self._producer.send(self.topic, value=value, key=key, partition=self._partition_of(key),
+                                      timestamp_ms=timestamp_ms)
+        except Exception as e:  # noqa: BLE001 - metadata timeout, record too large, ...
+            self._failures.append((self.topic, _describe(e)))
+            return
+        self._pending.append(fut)
+        self.sent += 1
+        if len(self._pending) >= PENDING_SWEEP:
             self._sweep()
 
     def _sweep(self) -> list[Any]:
@@ -577,6 +989,8 @@ class KafkaEventPublisher:
             delivery_timeout_ms=int(delivery_timeout_s * 1000),
             request_timeout_ms=30000)
         self._producer: KafkaProducer | None = None
+        self._connect_timeout_s = bootstrap_timeout_s
+        self._settings_problem = False   # the last failure to connect was our settings' fault
         self._retry_backoff = (retry_backoff_s, max_retry_backoff_s)
         self._backoff = retry_backoff_s
         self._next_attempt = 0.0
@@ -606,13 +1020,19 @@ class KafkaEventPublisher:
         if self._producer is not None:
             return True
         try:
-            self._producer = KafkaProducer(**self._producer_kw)
+            self._producer = _client(KafkaProducer, self.settings, self._connect_timeout_s,
+                                     **self._producer_kw)
             self._backoff = self._retry_backoff[0]
+            self._settings_problem = False
             if self._last_problem:
                 log.warning("Kafka at %s reachable again", self.settings.bootstrap)
                 self._last_problem = None
             return True
-        except Exception as e:  # noqa: BLE001 - NoBrokersAvailable, timeouts, auth errors
+        except KafkaConnectError as e:  # unreachable, or authentication / TLS / protocol
+            self._settings_problem = e.config
+            self._trouble(str(e))
+            return False
+        except Exception as e:  # noqa: BLE001 - timeouts, ...
             self._trouble(f"cannot connect to Kafka at {self.settings.bootstrap}: {_describe(e)}")
             return False
 
@@ -775,6 +1195,8 @@ class KafkaEventPublisher:
             self._service()
             self._pump()
             self.spool.flush()
+            if self._producer is None and self._settings_problem:
+                break   # authentication / TLS settings: waiting cannot help, the spool keeps it all
             with self._lock:
                 if not self._inflight and not self._failed and self.spool.unread == 0:
                     break

@@ -44,10 +44,12 @@ import copy
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sigstream.stream.errors import EventProblem
+
 __all__ = ["NormalizeError", "normalize", "to_utc_iso"]
 
 
-class NormalizeError(ValueError):
+class NormalizeError(EventProblem):
     """The record is not a (recognisable) Windows event."""
 
 

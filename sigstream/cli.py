@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -102,9 +103,6 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
     if not quiet:
         for e in loaded.errors:
             err_console.print(f"[red]rule error[/red] {e}", markup=True, soft_wrap=True)
-        if loaded.correlations:
-            err_console.print(f"[yellow]note[/yellow] {len(loaded.correlations)} correlation rule(s) "
-                              "parsed but not evaluated yet (see `sigstream check`)")
     if opts.get("strict") and loaded.errors:
         err_console.print(f"[red]--strict: {len(loaded.errors)} rule error(s)[/red]")
         sys.exit(EXIT_USAGE)
@@ -144,6 +142,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     from sigstream.connectors.sinks import CsvSink, JsonlSink
     from sigstream.hunting import hunt_files
     from sigstream.render import TableSink
+    from sigstream.stream.correlation_stage import correlation_stages
     from sigstream.stream.detector import Detector
     from sigstream.stream.engine import Engine
 
@@ -165,7 +164,9 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     else:
         from sigstream.stream.enrich import enrich
     engine = Engine(rules, enrich=enrich)
-    detector = Detector(engine)
+    # files may come in any order: correlation windows wait for the whole input (no lateness)
+    detector = Detector(engine, stages=correlation_stages(loaded.correlations, loaded.suppressed,
+                                                          lateness_s=math.inf))
     load_seconds = time.perf_counter() - t0
 
     fmt = fmt or ("table" if (not output and sys.stdout.isatty()) else "jsonl")
@@ -258,8 +259,9 @@ def check(rule_paths: tuple[str, ...], **opts: Any) -> None:
     for p in problems:
         click.echo(f"error: {p}")
     for c in loaded.correlations:
-        click.echo(f"note: {c.path}: correlation {c.title!r} [{c.id}] ({c.type} over "
-                   f"{', '.join(c.rules)}): parsed, not evaluated yet")
+        click.echo(f"correlation: {c.path}: {c.title!r} [{c.id}] ({c.type} over "
+                   f"{', '.join(c.rules)}, {c.timespan_s:g}s"
+                   f"{', group by ' + ', '.join(c.group_by) if c.group_by else ''})")
     click.echo(f"{loaded.files} file(s): {len(engine.rules)} rule(s) compiled, "
                f"{len(problems)} error(s), {len(loaded.correlations)} correlation rule(s)")
     sys.exit(1 if problems else 0)

@@ -30,6 +30,7 @@ from sigstream.processing import (DEFAULT_GROUP, RuleWatcher, TeeSink,
                                   publish_files_to_kafka, run_embedded, run_kafka)
 from sigstream.render import LEVEL_RANK, LiveSink, summary_table
 from sigstream.stream.topics import ALERTS_TOPIC, DLQ_TOPIC, EVENT_TOPIC_PATTERN
+from sigstream.stream.correlation_stage import DEFAULT_LATENESS_S
 from sigstream.stream.rules import LEVELS
 
 log = logging.getLogger("sigstream.run")
@@ -129,13 +130,19 @@ def _rule_loader(opts: dict[str, Any]) -> Callable[[], list]:
     return load
 
 
-def _engine(opts: dict[str, Any]) -> Any:
+def _detector(opts: dict[str, Any], lateness_s: float = DEFAULT_LATENESS_S) -> Any:
+    """The shared Detector (as `hunt` builds it): the engine, then the correlation stage
+    when the rule set has correlation rules."""
+    from sigstream.stream.correlation_stage import correlation_stages
+    from sigstream.stream.detector import Detector
     loaded = _load(opts)
     rules = _with_iocs(list(loaded.rules), opts)
     if not rules:
         err_console.print("[red]no usable rules[/red] (check the paths and the selection options)")
         sys.exit(EXIT_USAGE)
-    return _engine_factory(opts)(rules)
+    return Detector(_engine_factory(opts)(rules),
+                    stages=correlation_stages(loaded.correlations, loaded.suppressed,
+                                              lateness_s=lateness_s))
 
 
 def _summary(m: Any, seconds: float, mode: str) -> None:
@@ -175,6 +182,10 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
               metavar="SECONDS", help="Group session timeout: how long until the partitions of a "
                                       "crashed member are handed to the others.")
 @click.option("--watch-rules", is_flag=True, help="Reload the rules when rule files change (polls mtimes).")
+@click.option("--correlation-lateness", type=click.FloatRange(0), default=DEFAULT_LATENESS_S,
+              show_default=True, metavar="SECONDS",
+              help="Correlation rules: hold matches this long (event time) to put them in order "
+                   "before counting; older ones are counted as late.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl"]),
               help="Alert output on stdout (embedded: default table on a terminal, else jsonl; "
                    "with a broker: only if given).")
@@ -194,7 +205,7 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
 def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginning: bool,
         topic_prefix: str, topics: str | None, alerts_topic: str | None, dlq_topic: str | None,
         until_idle: float | None, batch_size: int, commit_interval: float, session_timeout: float,
-        watch_rules: bool,
+        watch_rules: bool, correlation_lateness: float,
         fmt: str | None, alert_format: str, dedup_path: str | None, webhook_url: str | None,
         webhook_payload: str, webhook_secret_env: str | None, webhook_dead_letter: str | None,
         **opts: Any) -> None:
@@ -220,7 +231,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     topics = topics or "^" + re.escape(topic_prefix) + r"\.events\..*"
     alerts_topic = alerts_topic or f"{topic_prefix}.alerts"
     dlq_topic = dlq_topic or f"{topic_prefix}.dlq"
-    engine = _engine(opts)
+    detector = _detector(opts, lateness_s=correlation_lateness)
     loader = _rule_loader(opts)
     # IOC lists reload whenever they change; rule files with --watch-rules (or on SIGHUP)
     ioc_paths = list(opts.get("ioc_paths") or ())
@@ -243,7 +254,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     t0 = time.perf_counter()
     try:
         if bootstrap is None:
-            metrics = run_embedded(engine, list(inputs) or [str(samples_dir())], echo_sink(LiveSink(fmt)),
+            metrics = run_embedded(detector, list(inputs) or [str(samples_dir())], echo_sink(LiveSink(fmt)),
                                    batch_size=batch_size, until_idle=until_idle, rule_loader=loader,
                                    watch=watch, group=group, wrap=wrap)
             mode = "embedded"
@@ -251,12 +262,13 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
             if inputs:
                 raise click.UsageError("--input is for the embedded mode; with a broker use "
                                        "`sigstream collect` to publish events")
-            metrics = run_kafka(engine, bootstrap, group=group, topics=topics,
+            metrics = run_kafka(detector, bootstrap, group=group, topics=topics,
                                 from_beginning=from_beginning, alerts_topic=alerts_topic,
                                 dlq_topic=dlq_topic, batch_size=batch_size, until_idle=until_idle,
                                 rule_loader=loader, watch=watch, session_timeout_s=session_timeout,
                                 echo=echo_sink(LiveSink(fmt, summary=False) if fmt else None),
-                                wrap=wrap, commit_interval_s=commit_interval)
+                                wrap=wrap, commit_interval_s=commit_interval,
+                                topic_prefix=topic_prefix)
             mode = f"kafka {bootstrap} group {group}"
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: offsets since the last batch are not committed[/yellow]")
@@ -296,17 +308,17 @@ def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, 
     opts = {"rule_paths": rule_paths or (str(bundled_rules()),)}
     files = list(inputs) or [str(p) for p in sample_files()]
     console = Console(highlight=False, soft_wrap=True)
-    engine = _engine(opts)
-    console.print(f"[bold]sigstream demo[/bold]: {len(engine.rules)} rules, replaying "
+    detector = _detector(opts)
+    console.print(f"[bold]sigstream demo[/bold]: {len(detector.engine.rules)} rules, replaying "
                   f"{', '.join(Path(f).name for f in files)} "
                   f"{'through Kafka at ' + bootstrap if bootstrap else 'through the in-process queue'}\n")
     live = LiveSink("table", console, summary=False, dedupe=True)
     t0 = time.perf_counter()
     if bootstrap is None:
-        metrics = run_embedded(engine, files, live, batch_size=20, group="sigstream-demo")
+        metrics = run_embedded(detector, files, live, batch_size=20, group="sigstream-demo")
     else:
         publish_files_to_kafka(bootstrap, files)
-        metrics = run_kafka(engine, bootstrap, group=f"sigstream-demo-{uuid.uuid4().hex[:8]}",
+        metrics = run_kafka(detector, bootstrap, group=f"sigstream-demo-{uuid.uuid4().hex[:8]}",
                             topics=EVENT_TOPIC_PATTERN, from_beginning=True, alerts_topic=ALERTS_TOPIC,
                             dlq_topic=DLQ_TOPIC, batch_size=100, until_idle=until_idle, echo=live)
     seconds = time.perf_counter() - t0

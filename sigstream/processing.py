@@ -93,7 +93,7 @@ def install_signals(processor: Any) -> Callable[[], None]:
 
 # ---------------------------------------------------------------- embedded ---
 
-def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
+def run_embedded(detector: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
                  until_idle: float | None = None, rule_loader: Callable | None = None,
                  watch: Callable | None = None, group: str = DEFAULT_GROUP,
                  wrap: Callable[[Any], Any] | None = None) -> Any:
@@ -101,7 +101,6 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
     from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                    MemorySource, publish_events)
     from sigstream.connectors.readers import find_event_files, read_events
-    from sigstream.stream.detector import Detector
     from sigstream.stream.processor import Processor
 
     files = find_event_files(inputs)
@@ -125,7 +124,7 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
     if wrap is not None:
         alerts = wrap(alerts)
     dlq = MemoryDeadLetterSink(broker, DLQ_TOPIC)
-    processor = Processor(source, Detector(engine), alerts, dlq, batch_size=batch_size,
+    processor = Processor(source, detector, alerts, dlq, batch_size=batch_size,
                           poll_timeout_s=0.2, until_idle_s=until_idle, idle_exit=done.is_set,
                           rule_loader=rule_loader, watch=watch)
     restore = install_signals(processor)
@@ -149,14 +148,101 @@ def run_embedded(engine: Any, inputs: list[str], out: Any, *, batch_size: int = 
 
 # ------------------------------------------------------------------- kafka ---
 
-def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_beginning: bool,
+REPARTITION_PARTITIONS = 3        # as `sigstream topics create --partitions 3`
+# The repartition records carry the event time as timestamp: time-based retention would
+# delete a replay of old logs at once, so the topic is bounded by size instead.
+REPARTITION_CONFIGS = {"retention.ms": "-1", "retention.bytes": str(1 << 30)}
+CHANGELOG_CONFIGS = {"cleanup.policy": "compact"}
+
+
+class _KafkaCorrelation:
+    """Correlation over Kafka (stream.correlation_forward, connectors.correlation_kafka):
+    the Detector's in-memory CorrelationStage is replaced by a CorrelationForwarder writing
+    to <prefix>.correlation-input (its producer is the Processor's `state` output, flushed
+    before offsets are committed), and a CorrelationLoop thread (group <group>.correlation)
+    evaluates each family and writes correlation alerts and the state changelog."""
+
+    def __init__(self, detector: Any, settings: Any, *, prefix: str, group: str, alerts_topic: str,
+                 until_idle: float | None, commit_interval_s: float, session_timeout_s: float,
+                 batch_size: int):
+        from sigstream.connectors.correlation_kafka import (CorrelationLoop, KafkaChangelog,
+                                                            kafka_correlation_source)
+        from sigstream.connectors.kafka import KafkaAlertSink, KafkaRecordProducer, create_topics
+        from sigstream.stream.correlation_forward import CorrelationForwarder
+        from sigstream.stream.correlation_stage import CorrelationStage
+        from sigstream.stream.topics import correlation_input_topic, correlation_state_topic
+
+        stages = [s for s in detector.stages if isinstance(s, CorrelationStage)]
+        correlations = [spec.c for s in stages for spec in s.correlator.specs]
+        suppressed = frozenset().union(*(s.suppressed for s in stages)) if stages else frozenset()
+        lateness = stages[0].buffer.lateness_s if stages else 300.0
+        input_topic, state_topic = correlation_input_topic(prefix), correlation_state_topic(prefix)
+        create_topics(settings, [input_topic], REPARTITION_PARTITIONS, configs=REPARTITION_CONFIGS)
+        create_topics(settings, [state_topic], 1, configs=CHANGELOG_CONFIGS)
+        self.producer = KafkaRecordProducer(settings, input_topic)
+        forwarder = CorrelationForwarder(correlations, lambda k, v, ts: self.producer.send_at(v, k, ts),
+                                         suppressed=suppressed)
+        first = detector.stages.index(stages[0])   # the forwarder takes the first one's place
+        detector.stages = [forwarder if i == first else s for i, s in enumerate(detector.stages)
+                           if i == first or not isinstance(s, CorrelationStage)]
+        self.families = forwarder.families
+        loop_ref: list = []
+        self.source = kafka_correlation_source(settings, input_topic, f"{group}.correlation", loop_ref,
+                                               session_timeout_s=session_timeout_s,
+                                               max_poll_records=max(batch_size, 1))
+        self.alerts = KafkaAlertSink(settings, alerts_topic)
+        self.changelog = KafkaChangelog(settings, state_topic)
+        self.loop = CorrelationLoop(self.source, self.changelog, self.alerts, families=self.families,
+                                    state_prefix=group, suppressed=suppressed, lateness_s=lateness,
+                                    commit_interval_s=commit_interval_s, until_idle_s=until_idle,
+                                    batch_size=batch_size)
+        loop_ref.append(self.loop)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="correlation", daemon=True)
+        log.info("correlation over Kafka: %d correlation(s) in %d famil%s, lateness %.0fs",
+                 len(correlations), len(self.families), "y" if len(self.families) == 1 else "ies", lateness)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run()
+        except BaseException as e:  # noqa: BLE001 - reported to the main thread
+            log.error("correlation consumer failed: %s: %s", type(e).__name__, e)
+            self.error = e
+            if self.on_failure is not None:
+                self.on_failure()
+
+    on_failure: Callable[[], None] | None = None
+
+    def start(self, on_failure: Callable[[], None]) -> None:
+        self.on_failure = on_failure
+        self.thread.start()
+
+    def end(self, drain: bool) -> None:
+        """drain: decide everything after the idle time (bounded replay); else commit and stop."""
+        if self.thread.is_alive():
+            (self.loop.drain if drain else self.loop.stop)()
+            self.thread.join()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.loop.stop()
+            self.thread.join(30)
+        for closer in (self.alerts.close, self.changelog.close, self.source.close, self.producer.close):
+            try:
+                closer()
+            except Exception as e:  # noqa: BLE001
+                log.warning("while closing the correlation consumer: %s", e)
+
+
+def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_beginning: bool,
               alerts_topic: str, dlq_topic: str, batch_size: int, until_idle: float | None,
               rule_loader: Callable | None = None, watch: Callable | None = None,
               echo: Any = None, session_timeout_s: float = 45.0,
-              wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0) -> Any:
+              wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0,
+              topic_prefix: str = "sigstream") -> Any:
     from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
                                   KafkaSource, create_topics)
-    from sigstream.stream.detector import Detector
+    from sigstream.stream.correlation_stage import CorrelationStage
     from sigstream.stream.processor import Processor
 
     settings = KafkaSettings.from_env(bootstrap=bootstrap)
@@ -164,6 +250,12 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
         create_topics(settings, [alerts_topic, dlq_topic])
     except KafkaError as e:
         log.warning("could not create %s/%s (they must exist): %s", alerts_topic, dlq_topic, e)
+    correlation = None
+    if any(isinstance(s, CorrelationStage) for s in detector.stages):
+        correlation = _KafkaCorrelation(detector, settings, prefix=topic_prefix, group=group,
+                                        alerts_topic=alerts_topic, until_idle=until_idle,
+                                        commit_interval_s=commit_interval_s,
+                                        session_timeout_s=session_timeout_s, batch_size=batch_size)
     source = KafkaSource(settings, topics, group, from_beginning=from_beginning,
                          max_poll_records=max(batch_size, 1), session_timeout_s=session_timeout_s)
     alerts = KafkaAlertSink(settings, alerts_topic)
@@ -171,17 +263,25 @@ def run_kafka(engine: Any, bootstrap: str, *, group: str, topics: str, from_begi
     sink = TeeSink(alerts, echo) if echo is not None else alerts
     if wrap is not None:
         sink = wrap(sink)
-    processor = Processor(source, Detector(engine), sink, dlq, batch_size=batch_size,
+    processor = Processor(source, detector, sink, dlq, batch_size=batch_size,
                           poll_timeout_s=0.5, until_idle_s=until_idle, rule_loader=rule_loader,
-                          watch=watch, log_interval_s=15.0, commit_interval_s=commit_interval_s)
+                          watch=watch, log_interval_s=15.0, commit_interval_s=commit_interval_s,
+                          state=correlation.producer if correlation is not None else None)
     restore = install_signals(processor)
+    if correlation is not None:
+        correlation.start(on_failure=processor.stop)
     ok = False
     try:
         metrics = processor.run()
+        if correlation is not None:
+            correlation.end(drain=until_idle is not None and not processor.stopping)
+            if correlation.error is not None:
+                raise correlation.error
         ok = True
     finally:
         restore()
-        for closer in (sink.close, dlq.close, source.close):
+        closers = [sink.close, dlq.close, source.close] + ([correlation.close] if correlation else [])
+        for closer in closers:
             try:
                 closer()
             except Exception as e:  # noqa: BLE001

@@ -8,6 +8,12 @@ host.*, process.*, registry.*, user.*), with the Windows event under `winlog` an
 sigstream-only facts under `sigstream`. `ocsf` is an OCSF 1.3 Detection Finding (class_uid
 2004, category_uid 2); an alert carrying a de-duplication count (stream.dedup) is an Update
 (activity_id 2) of the same finding uid.
+
+A correlation alert (stream.correlation_alert: `correlation` set, `event` {}) renders the
+same way without event facts: ECS gets event.start/end = first/last contributing match,
+event.category "intrusion_detection" and `sigstream.correlation`; OCSF gets the
+contributing alerts as finding_info.related_events, their count and time range, and the
+details under unmapped.sigma.correlation.
 """
 from __future__ import annotations
 
@@ -163,6 +169,16 @@ def to_ecs(alert: dict[str, Any]) -> dict[str, Any]:
                       "status": rule.get("status"), "matched": alert.get("matched"),
                       "source": alert.get("source"), "dedup": alert.get("dedup")},
     }
+    corr = alert.get("correlation")
+    if corr:
+        event = doc["event"]
+        event["start"], event["end"] = corr.get("first_time"), corr.get("last_time")
+        event["category"] = ["intrusion_detection"]
+        doc["rule"]["category"] = "correlation"
+        doc["sigstream"]["correlation"] = corr
+        hosts = sorted({e["host"] for e in corr.get("events") or () if e.get("host")})
+        if hosts:
+            doc["related"] = {"hosts": hosts}
     return _prune(doc)
 
 
@@ -252,6 +268,23 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
                                "tags": rule.get("tags")},
                      "event": ev, "source": alert.get("source")},
     }
+    corr = alert.get("correlation")
+    if corr:
+        first_ms, last_ms = _epoch_ms(corr.get("first_time")), _epoch_ms(corr.get("last_time"))
+        info = doc["finding_info"]
+        info["types"] = ["Sigma", "Correlation"]
+        info["related_events"] = [{"uid": e.get("alert_id"), "type": "sigstream alert",
+                                   "product_uid": e.get("rule_id") or e.get("rule_name")}
+                                  for e in corr.get("events") or ()]
+        info["related_events_count"] = corr.get("events_total")
+        info["first_seen_time"] = first_ms
+        info["last_seen_time"] = last_ms
+        doc["start_time"], doc["end_time"] = first_ms, last_ms
+        doc["count"] = dedup.get("count") or corr.get("events_total")
+        doc["evidences"][0]["data"]["correlation"] = {
+            "type": corr.get("type"), "group": corr.get("group"), "value": corr.get("value"),
+            "condition": corr.get("condition")}
+        doc["unmapped"]["sigma"]["correlation"] = corr
     return _prune(doc)
 
 

@@ -47,6 +47,10 @@ def _attack_with_names(tags: tuple[str, ...]) -> dict[str, Any]:
     return {**attack, "names": names}
 
 
+# for stream.correlation_alert; cached and shared: callers must copy, never change it
+attack_with_names = _attack_with_names
+
+
 def build_alert(hit: CompiledRule, event: dict, source: dict[str, Any] | None = None,
                 detected_at: str | None = None, matched: list[dict] | None = None) -> dict[str, Any]:
     """The alert document for one rule match.

@@ -32,12 +32,15 @@ class LowerCased(dict):
     """field -> lower-cased text of the event's scalar value (None: absent, null or nested).
 
     Filled lazily: an event is lowered only in the fields its candidate rules read.
+    `spaced`: the event's names-without-spaces (see `_lookup`), computed on the first
+    field a rule misses.
     """
 
-    __slots__ = ("event",)
+    __slots__ = ("event", "spaced")
 
     def __init__(self, event: dict):
         self.event = event
+        self.spaced: dict[str, str] | None = None
 
     def __missing__(self, field: str) -> str | None:
         v = self.event.get(field)
@@ -209,11 +212,11 @@ def _spec_pred(spec: tuple) -> tuple[V.Pred, bool]:
 def field_matcher(field: str, spec: tuple) -> Matcher:
     kind = spec[0]
     if kind == "null":
-        return lambda ev, low: _lookup(ev, field) in (MISSING, None)
+        return lambda ev, low: _lookup(ev, field, low) in (MISSING, None)
     if kind == "exists":
         want = spec[1]
         # the specification: presence only, "be it empty or null"
-        return lambda ev, low: (_lookup(ev, field) is not MISSING) is want
+        return lambda ev, low: (_lookup(ev, field, low) is not MISSING) is want
     if kind == "fieldref":
         return _fieldref(field, spec[1], spec[2], spec[3])
     pred, lowered = _spec_pred(spec)
@@ -230,7 +233,7 @@ def _low_field(field: str, pred: V.Pred) -> Matcher:
         s = low[field]
         if s is not None:
             return pred(s)
-        return _slow(ev, field, pred, True)
+        return _slow(ev, field, pred, True, low)
     return match
 
 
@@ -239,13 +242,14 @@ def _raw_field(field: str, pred: V.Pred) -> Matcher:
         v = ev.get(field)
         if type(v) is str:
             return pred(v)
-        return _slow(ev, field, pred, False)
+        return _slow(ev, field, pred, False, low)
     return match
 
 
-def _slow(ev: dict, field: str, pred: V.Pred, lowered: bool) -> bool:
-    """Lists (any element), dotted paths into nested values, non-string scalars."""
-    v = _lookup(ev, field)
+def _slow(ev: dict, field: str, pred: V.Pred, lowered: bool, low: dict) -> bool:
+    """Lists (any element), dotted paths into nested values, names without their spaces,
+    non-string scalars."""
+    v = _lookup(ev, field, low)
     if v is MISSING or v is None or type(v) is dict:
         return False
     items = v if type(v) is list else (v,)
@@ -258,16 +262,53 @@ def _slow(ev: dict, field: str, pred: V.Pred, lowered: bool) -> bool:
     return False
 
 
-def _lookup(ev: dict, field: str) -> Any:
+def _lookup(ev: dict, field: str, low: dict | None = None) -> Any:
+    """The event's value of `field` (MISSING: absent): the key itself, else a dotted path
+    into nested dicts, else a key that is `field` with spaces (Windows Defender's `New Value`
+    for a rule's `NewValue`: the specification's field naming strips spaces).
+    `low`: the event's LowerCased view, which caches the names without spaces."""
     v = ev.get(field, MISSING)
-    if v is MISSING and "." in field:
+    if v is not MISSING:
+        return v
+    if "." in field:
         node: Any = ev
         for part in field.split("."):
             if type(node) is not dict or part not in node:
-                return MISSING
+                break
             node = node[part]
-        return node
-    return v
+        else:
+            return node
+    # only reached for a field the event lacks: events without spaced names pay one check
+    try:
+        spaced = low.spaced  # type: ignore[union-attr]
+    except AttributeError:  # no LowerCased view at hand
+        spaced = spaced_names(ev)
+    else:
+        if spaced is None:
+            spaced = low.spaced = spaced_names(ev)  # type: ignore[union-attr]
+    if spaced:
+        name = spaced.get(field)
+        if name is not None:
+            return ev[name]
+    return MISSING
+
+
+_NO_SPACES: dict[str, str] = {}
+
+
+def spaced_names(ev: dict) -> dict[str, str]:
+    """{name without spaces: name} for the event's top-level names holding a space (the
+    first such name wins; a name already without spaces is an ordinary key and wins anyway)."""
+    try:
+        if " " not in "".join(ev):
+            return _NO_SPACES
+    except TypeError:  # a name that is no string: look at each
+        pass
+    out: dict[str, str] = {}
+    for k in ev:
+        if type(k) is str and " " in k:
+            out.setdefault(k.replace(" ", ""), k)
+    return out
 
 
 def _leaves(v: Any):
@@ -309,7 +350,7 @@ def _fieldref(field: str, other: str, starts: bool, ends: bool) -> Matcher:
     def scalar(ev: dict, low: dict, name: str) -> str | None:
         s = low[name]
         if s is None:
-            v = _lookup(ev, name)
+            v = _lookup(ev, name, low)
             if v is MISSING or v is None or type(v) in (dict, list):
                 return None
             s = V.text_of(v).lower()
@@ -593,7 +634,7 @@ def _explain_step(node: tuple, holds: bool) -> _Step:
             return False
         entry = {"selection": selection, "field": field_name, "value": value}
         if event_field is not None:
-            v = _lookup(ev, event_field)
+            v = _lookup(ev, event_field, low)
             entry["event_value"] = None if v is MISSING else _short(v)
         out.append(entry)
         return True

@@ -8,7 +8,7 @@ Nodes:
     ("and", (child, ...))    ("or", (child, ...))    ("not", child)
     ("const", bool)
     ("field", field, spec, origin)    one field compared with one value
-    ("kw", spec, origin)              a keyword: the value searched in every field
+    ("kw", spec, origin)              a keyword: the value searched for in every field's value
 
 Specs (the value side):
     ("eq"|"contains"|"startswith"|"endswith", text, cased)
@@ -19,6 +19,12 @@ Specs (the value side):
 
 Case-insensitive texts are stored lower-cased. `origin` is (selection, label, value as written)
 and only serves explanations ("why did this match").
+
+Keywords are a full-text search (the specification: "searching for keywords across an entire
+event"; list strings "are applied to the full log message"): a keyword matches when it occurs
+anywhere in one of the event's values, as if written `*keyword*`. `keyword_spec` states that in
+the spec itself: texts and numbers become ("contains", text, cased), wildcard patterns get a
+leading and trailing `.*`; regular expressions already search, other specs stay as they are.
 """
 from __future__ import annotations
 
@@ -56,7 +62,9 @@ from sigma.types import (
     SpecialChars,
 )
 
-IR_VERSION = 9  # bump when the IR shape or its semantics change (invalidates caches)
+from sigstream.stream.errors import RuleProblem
+
+IR_VERSION = 10  # bump when the IR shape or its semantics change (invalidates caches)
 
 Placeholders = dict[str, list[str]]
 
@@ -72,7 +80,7 @@ _CMP_OPS = {
     CompareOperators.GTE: "gte",
     CompareOperators.NEQ: "neq",
 }
-class IRError(ValueError):
+class IRError(RuleProblem):
     """A rule construct that sigstream cannot evaluate (the reason is user-facing)."""
 
 
@@ -97,7 +105,8 @@ class _Translator:
             return self.values(n.value, lambda spec, shown: ("field", n.field, spec, origin + (shown,)))
         if isinstance(n, ConditionValueExpression):
             origin = _origin(n, None)
-            return self.values(n.value, lambda spec, shown: ("kw", spec, origin + (shown,)))
+            return self.values(n.value,
+                               lambda spec, shown: ("kw", keyword_spec(spec), origin + (shown,)))
         if n is None:  # an empty detection
             return ("const", False)
         raise IRError(f"unsupported condition element {type(n).__name__}")
@@ -145,6 +154,29 @@ def value_spec(v: Any) -> tuple:
     if isinstance(v, SigmaFieldReference):
         return ("fieldref", v.field, bool(v.starts_with), bool(v.ends_with))
     raise IRError(f"value type {type(v).__name__} cannot be evaluated on events")
+
+
+def keyword_spec(spec: tuple) -> tuple:
+    """A keyword's spec as a search anywhere in a value (implicit `*` on both sides).
+
+    `|startswith`/`|endswith` add nothing to a keyword (pySigma gives `kw*`/`*kw`, and the
+    implicit wildcards make both `*kw*`); a number is searched as its decimal text.
+    """
+    kind = spec[0]
+    if kind in ("eq", "startswith", "endswith"):
+        return ("contains", spec[1], spec[2])
+    if kind == "num":
+        return ("contains", str(spec[1]).lower(), False)
+    if kind == "wild":
+        # string_spec builds the regex from re.escape()d literals, "." (?) and ".*" (*): a
+        # literal "." or "*" is always escaped, so these tests see exactly the wildcard tokens
+        regex = spec[1]
+        if not regex.startswith(".*"):
+            regex = ".*" + regex
+        if not regex.endswith(".*"):
+            regex += ".*"
+        return ("wild", regex, spec[2], spec[3])
+    return spec
 
 
 def _shown(v: Any) -> str:

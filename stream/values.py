@@ -90,6 +90,18 @@ def contains_pred(needles: list[str]) -> Pred:
 def wild_pred(regex: str) -> Pred:
     """Full match of a wildcard pattern; compiled on first use (most rules never run)."""
     compiled = None
+    if len(regex) > 4 and regex.startswith(".*") and regex.endswith(".*"):
+        # `*x*` (keywords, contains with a ? inside): a search for the middle, which `re`
+        # finds by its literal prefix instead of backtracking from the end of the value
+        # (".*" is always a whole token of string_spec's regexes, see stream.ir.keyword_spec)
+        middle = regex[2:-2]
+
+        def search(s: str) -> bool:
+            nonlocal compiled
+            if compiled is None:
+                compiled = re.compile(middle, re.DOTALL).search
+            return compiled(s) is not None
+        return search
 
     def pred(s: str) -> bool:
         nonlocal compiled

@@ -97,3 +97,59 @@ def test_index_never_misses_against_brute_force(attack_events, windows_engine):
         if indexed != brute:
             mismatches.append((i, sorted(brute - indexed), sorted(indexed - brute)))
     assert not mismatches, mismatches[:5]
+
+
+def _evtx_record(channel: str, provider: str, event_id: int, data: dict) -> dict:
+    """A record shaped like the evtx package's JSON output (named EventData entries)."""
+    return {"Event": {
+        "#attributes": {"xmlns": "http://schemas.microsoft.com/win/2004/08/events/event"},
+        "System": {"Provider": {"#attributes": {"Name": provider}}, "EventID": event_id,
+                   "Channel": channel, "Computer": "WKS-01", "EventRecordID": 42,
+                   "TimeCreated": {"#attributes": {"SystemTime": "2026-01-05T10:00:00.000000Z"}}},
+        "EventData": data}}
+
+
+DEFENDER = ("Microsoft-Windows-Windows Defender/Operational", "Microsoft-Windows-Windows Defender")
+SYSMON = ("Microsoft-Windows-Sysmon/Operational", "Microsoft-Windows-Sysmon")
+PRINT = ("Microsoft-Windows-PrintService/Operational", "Microsoft-Windows-PrintService")
+
+# (rule file, record, fires?): SigmaHQ rules that need keywords searched as full text, or
+# Windows Defender's field names with spaces named without them (tests/unit/test_semantics.py
+# has the decisions; these are the real rules on raw records, through normalisation)
+FULL_TEXT_AND_SPACED = [
+    ("win_alert_mimikatz_keywords.yml", _evtx_record(*SYSMON, 1, {
+        "Image": "C:\\Tools\\x64\\mimikatz.exe",
+        "CommandLine": 'mimikatz.exe "privilege::debug" "sekurlsa::logonpasswords" exit'}), True),
+    ("win_alert_mimikatz_keywords.yml", _evtx_record(*PRINT, 307, {
+        "Param1": "1", "Param2": "\\\\*\\Kiwi Legit Printer", "Param3": "WKS-01\\attacker"}), True),
+    ("win_alert_mimikatz_keywords.yml", _evtx_record(*SYSMON, 1, {
+        "Image": "C:\\Windows\\System32\\notepad.exe", "CommandLine": "notepad.exe kiwi.txt"}), False),
+    ("win_defender_config_change_exclusion_added.yml", _evtx_record(*DEFENDER, 5007, {
+        "Product Name": "Microsoft Defender Antivirus", "Product Version": "4.18.23110.3",
+        "Old Value": "", "New Value":
+            "HKLM\\SOFTWARE\\Microsoft\\Windows Defender\\Exclusions\\Paths\\C:\\Users\\Public = 0x0"}), True),
+    ("win_defender_config_change_exclusion_added.yml", _evtx_record(*DEFENDER, 5007, {
+        "Old Value": "", "New Value":
+            "HKLM\\SOFTWARE\\Microsoft\\Windows Defender\\Real-Time Protection\\DisableRealtimeMonitoring = 0x0"}),
+     False),
+    ("win_defender_malware_detected_amsi_source.yml", _evtx_record(*DEFENDER, 1116, {
+        "Threat Name": "HackTool:Win32/Mimikatz!pz", "Source Name": "AMSI",
+        "Process Name": "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"}), True),
+    ("win_defender_malware_detected_amsi_source.yml", _evtx_record(*DEFENDER, 1116, {
+        "Threat Name": "HackTool:Win32/Mimikatz!pz", "Source Name": "Real-Time Protection"}), False),
+]
+
+
+def test_full_text_keywords_and_spaced_field_names(windows_rules, windows_engine):
+    from sigstream.connectors.normalize import normalize
+
+    by_file = {Path(r.path).name: r.id for r in windows_rules.rules}
+    wrong = []
+    for rule_file, record, expected in FULL_TEXT_AND_SPACED:
+        assert rule_file in by_file, f"{rule_file} not loaded"
+        event = normalize(record)
+        fired = any(h.rule.id == by_file[rule_file] for h in windows_engine.match(event))
+        brute = any(h.rule.id == by_file[rule_file] for h in windows_engine.match_all(event))
+        if fired is not expected or brute is not expected:
+            wrong.append((rule_file, event.get("EventID"), expected, fired, brute))
+    assert not wrong, wrong

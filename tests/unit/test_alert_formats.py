@@ -115,6 +115,7 @@ ECS_TYPES = {
     "registry.value": "keyword", "registry.data.strings": "wildcard",
     "winlog.channel": "keyword", "winlog.provider_name": "keyword", "winlog.computer_name": "keyword",
     "winlog.event_id": "keyword", "winlog.record_id": "keyword",
+    "event.start": "date", "event.end": "date", "related.hosts": "keyword",   # correlation alerts
 }
 
 
@@ -253,3 +254,127 @@ def test_process_and_registry_context():
                  "value": "upd", "event_type": "SetValue", "data": "powershell -w hidden"}
     k = registry_of({"EventID": 12, "EventType": "CreateKey", "TargetObject": "HKLM\\SOFTWARE\\X"})
     assert "value" not in k and k["key"] == "SOFTWARE\\X"
+
+
+# ------------------------------------------------------------ correlation alerts ---
+
+CORRELATIONS = """\
+title: many logons
+id: 0e95725d-7320-415d-80f7-004da920fc11
+name: many_logons
+status: test
+level: high
+tags: [attack.credential-access, attack.t1110.001]
+references: [https://example.org/brute]
+correlation:
+  type: event_count
+  rules: [logon]
+  group-by: [Computer]
+  timespan: 5m
+  condition: {gte: 2}
+---
+title: logon then process
+id: 0e95725d-7320-415d-80f7-004da920fc12
+status: test
+level: critical
+correlation:
+  type: temporal_ordered
+  rules: [logon, proc]
+  group-by: [User]
+  timespan: 10m
+  generate: true
+---
+title: logon
+id: 0e95725d-7320-415d-80f7-004da920fc13
+name: logon
+status: test
+logsource: {product: windows, service: security}
+detection: {sel: {EventID: 4624}, condition: sel}
+---
+title: proc
+id: 0e95725d-7320-415d-80f7-004da920fc14
+name: proc
+status: test
+logsource: {product: windows, category: process_creation}
+detection: {sel: {Image|endswith: evil.exe}, condition: sel}
+"""
+
+
+@pytest.fixture(scope="module")
+def correlation_alerts(tmp_path_factory) -> list[dict]:
+    from sigstream.stream.correlation import Correlator, Match
+    from sigstream.stream.correlation_alert import correlation_alert
+
+    f = tmp_path_factory.mktemp("corr") / "c.yml"
+    f.write_text(CORRELATIONS)
+    loaded = load_rules([f], use_cache=False)
+    assert loaded.errors == []
+    ids = {r.name: r.id for r in loaded.rules}
+    c = Correlator(loaded.correlations)
+    t0 = datetime.fromisoformat("2026-11-24T09:00:00+00:00").timestamp()
+    out = []
+    for i, (rule, host, user) in enumerate([("logon", "WKS-1", "alice"), ("logon", "WKS-1", "bob"),
+                                            ("proc", "WKS-2", "alice")]):
+        m = Match(ids[rule], rule, t0 + 60 * i, {"Computer": host, "User": user}, f"{i:032x}", host, 100 + i)
+        out += c.feed(m)
+    out += c.flush()
+    docs = [orjson.loads(orjson.dumps(correlation_alert(r, detected_at="2026-11-24T09:05:00.000000Z")))
+            for r in out]
+    assert [d["rule"]["title"] for d in docs] == ["many logons", "logon then process"]
+    return docs
+
+
+def test_correlation_alerts_match_the_schema(correlation_alerts):
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for a in correlation_alerts:
+        errors = sorted(validator.iter_errors(render(a, "native")), key=str)
+        assert not errors, [e.message for e in errors]
+    broken = copy.deepcopy(correlation_alerts[0])
+    broken["correlation"]["window"] = "tumbling"
+    del broken["correlation"]["events_total"]
+    assert len(list(validator.iter_errors(broken))) == 2
+
+
+def test_ecs_correlation_alert(correlation_alerts):
+    many, chain = (to_ecs(a) for a in correlation_alerts)
+    for doc in (many, chain):
+        for name, value in _flatten(doc):
+            if name.startswith("sigstream"):
+                continue
+            assert name in ECS_TYPES, f"unexpected field {name}"
+            assert _type_ok(ECS_TYPES[name], value), (name, value)
+        assert doc["event"]["kind"] == "alert" and "winlog" not in doc and "process" not in doc
+        assert doc["event"]["category"] == ["intrusion_detection"] and doc["rule"]["category"] == "correlation"
+    assert many["host"]["name"] == "WKS-1" and many["message"] == "many logons"
+    assert many["event"]["start"] == "2026-11-24T09:00:00.000000Z"
+    assert many["event"]["end"] == many["@timestamp"] == "2026-11-24T09:01:00.000000Z"
+    assert many["threat"]["technique"]["subtechnique"]["id"] == ["T1110.001"]
+    assert many["sigstream"]["correlation"]["group"] == {"Computer": "WKS-1"}
+    assert "host" not in chain and chain["related"]["hosts"] == ["WKS-1", "WKS-2"]
+
+
+def test_ocsf_correlation_alert(correlation_alerts):
+    for a in correlation_alerts:
+        doc = to_ocsf(a)
+        missing = [p for p in OCSF_REQUIRED if not _has(doc, p)]
+        assert not missing, missing
+        info = doc["finding_info"]
+        assert info["types"] == ["Sigma", "Correlation"]
+        assert [e["uid"] for e in info["related_events"]] == [e["alert_id"] for e in a["correlation"]["events"]]
+        assert info["related_events_count"] == doc["count"] == a["correlation"]["events_total"]
+        assert doc["start_time"] == info["first_seen_time"] and doc["end_time"] == info["last_seen_time"]
+        assert doc["unmapped"]["sigma"]["correlation"]["type"] == a["correlation"]["type"]
+        assert doc["evidences"][0]["data"]["correlation"]["value"] == a["correlation"]["value"]
+    many = to_ocsf(correlation_alerts[0])
+    assert many["end_time"] - many["start_time"] == 60_000 and many["device"]["hostname"] == "WKS-1"
+    assert many["severity_id"] == 4 and to_ocsf(correlation_alerts[1])["severity_id"] == 5
+
+
+def test_correlation_alerts_render_in_every_format(correlation_alerts):
+    for fmt in FORMATS:
+        sink = ListSink()
+        fs = FormattingSink(sink, fmt)
+        for a in correlation_alerts:
+            fs.add(a)
+        assert len(sink.alerts) == 2
+        json.dumps(sink.alerts)

@@ -221,7 +221,7 @@ def test_check_reports_one_line_per_problem_naming_the_file(tmp_path):
     assert "3 rule(s) compiled" in result.stdout  # good, fine in multi, deprecated (check sees all)
 
 
-def test_check_lists_correlation_rules_as_not_evaluated(tmp_path):
+def test_check_lists_correlation_rules(tmp_path):
     (tmp_path / "c.yml").write_text(textwrap.dedent("""\
         title: base
         id: 11111111-1111-1111-1111-111111111111
@@ -244,9 +244,9 @@ def test_check_lists_correlation_rules_as_not_evaluated(tmp_path):
         """))
     result = invoke("check", tmp_path)
     assert result.exit_code == 0, result.output
-    (note,) = [line for line in result.stdout.splitlines() if line.startswith("note:")]
+    (note,) = [line for line in result.stdout.splitlines() if line.startswith("correlation:")]
     assert "many base hits" in note and "event_count" in note and "base_rule" in note
-    assert "not evaluated yet" in note and str(tmp_path / "c.yml") in note
+    assert "300s" in note and "group by Computer" in note and str(tmp_path / "c.yml") in note
     assert "1 correlation rule(s)" in result.stdout
 
 

@@ -407,3 +407,79 @@ def test_short_needles_with_escape_characters_are_selective_enough():
     dosfuscation = ("or", (field("CommandLine", "contains", "^^"), field("CommandLine", "contains", ",;,")))
     assert needles(dosfuscation) == frozenset({"^^", ",;,"})
     assert needles(("or", (field("CommandLine", "contains", "-e"), field("X", "contains", ",;,")))) is None
+
+
+# ------------------------------------------------------------------ keywords: full-text search (IR)
+
+def _keyword_ir(item) -> tuple:
+    doc = {"title": "k", "id": str(uuid.uuid4()), "status": "test", "logsource": {"product": "test"},
+           "detection": {"keywords": item, "condition": "keywords"}, "level": "low"}
+    loaded = load_rule_text(yaml.safe_dump(doc))
+    assert not loaded.errors, loaded.errors
+    return loaded.rules[0].ir
+
+
+@pytest.mark.parametrize("item, spec", [
+    pytest.param(["Kiwi Legit Printer"], ("contains", "kiwi legit printer", False), id="plain-contains"),
+    pytest.param({"|startswith": "sekurlsa::"}, ("contains", "sekurlsa::", False), id="startswith-contains"),
+    pytest.param({"|endswith": "\\mimilib.dll"}, ("contains", "\\mimilib.dll", False), id="endswith-contains"),
+    pytest.param({"|cased": "Kiwi"}, ("contains", "Kiwi", True), id="cased-contains"),
+    pytest.param([4104], ("contains", "4104", False), id="number-as-text"),
+    pytest.param(["sekurlsa::*passwords"], ("wild", ".*sekurlsa::.*passwords.*", "sekurlsa::", False),
+                 id="wild-wrapped"),
+    pytest.param(["*mimikatz*"], ("contains", "mimikatz", False), id="explicit-stars"),
+    pytest.param(["a?c\\*"], ("wild", ".*a.c\\*.*", "c*", False), id="escaped-star-not-a-wildcard"),
+    pytest.param(["*a?b*"], ("wild", ".*a.b.*", "a", False), id="wild-already-wrapped"),
+    pytest.param({"|re": "^sekurlsa"}, ("re", "^sekurlsa", 0, False), id="regex-as-written"),
+])
+def test_keyword_specs_search(item, spec):
+    ir = _keyword_ir(item)
+    assert ir[0] == "kw" and ir[1] == spec
+
+
+def test_keyword_wildcard_is_an_unanchored_search():
+    ir = _keyword_ir(["sekurlsa::*passwords"])
+    assert run(ir, {"CommandLine": "mimikatz sekurlsa::logonpasswords exit"})
+    assert not run(ir, {"CommandLine": "mimikatz sekurlsa::tickets exit"})
+    assert needles(ir) == frozenset({"sekurlsa::"})
+
+
+@pytest.mark.parametrize("regex", [".*a.b.*", ".*a.*b.*", ".*\\..*", ".*x\\*.*", ".*\\\\.*", ".*..*"])
+def test_wild_search_shortcut_agrees_with_fullmatch(regex):
+    """`.*X.*` is answered with a search for X: the same answers as the full match."""
+    import random
+
+    from sigstream.stream.values import wild_pred
+    pred = wild_pred(regex)
+    rnd = random.Random(regex)
+    for _ in range(3000):
+        s = "".join(rnd.choice("ab.*\\x\n") for _ in range(rnd.randint(0, 8)))
+        assert pred(s) is (re.fullmatch(regex, s, re.DOTALL) is not None), (regex, s)
+
+
+# ------------------------------------------------------------------ field names with spaces
+
+def test_spaced_names_only_computed_on_a_missed_field():
+    from sigstream.stream.compiler import spaced_names
+    assert spaced_names({"Image": "x", "CommandLine": "y"}) == {}
+    assert spaced_names({"New Value": 1, "NewValue": 2, "Old  Value": 3, 7: "x"}) == {
+        "NewValue": "New Value", "OldValue": "Old  Value"}
+    ev = {"Image": "C:\\a.exe", "New Value": "x"}
+    low = LowerCased(ev)
+    assert run(field("Image", "endswith", "a.exe"), ev) and low.spaced is None
+    hit = compile_detection(field("Image", "endswith", "a.exe"))
+    assert hit(ev, low) and low.spaced is None  # a field the event has: no alias work
+    assert compile_detection(field("NewValue", "eq", "x"))(ev, low)
+    assert low.spaced == {"NewValue": "New Value"}
+
+
+def test_spaced_names_without_lowercased_view():
+    """_lookup finds a spaced name without a LowerCased view (nothing cached then)."""
+    from sigstream.stream.compiler import MISSING, _lookup
+    ev = {"New Value": "X", "Nested": {"Inner Name": 1}}
+    assert _lookup(ev, "NewValue") == "X"
+    assert _lookup(ev, "NewValue", {}) == "X"
+    assert _lookup(ev, "New Value") == "X"
+    assert _lookup(ev, "Nested.Inner Name") == 1
+    assert _lookup(ev, "Nested.InnerName") is MISSING  # top-level names only
+    assert _lookup(ev, "Other") is MISSING

@@ -49,6 +49,15 @@ RULES = [
                              "condition": "sel"}),
     rule_doc("windash", PROC, {"sel": {"CommandLine|windash|contains": " -enc "}, "condition": "sel"}),
     rule_doc("regex case kept", ANY, {"sel": {"Details|re": "AmsiScan[A-Z]uffer"}, "condition": "sel"}),
+    # keywords are a full-text search: their literals are needles anywhere in the event's text
+    rule_doc("keywords inside", ANY, {"keywords": ["sekurlsa::*passwords", "kiwi?legit", 4104],
+                                      "condition": "keywords"}),
+    rule_doc("keywords all", ANY, {"keywords": {"|all": ["privilege::debug", "lsadump::"]},
+                                   "condition": "keywords"}),
+    # field names with spaces (Windows Defender), named without them
+    rule_doc("spaced field", ANY, {"sel": {"NewValue|contains": "\\exclusions\\"}, "condition": "sel"}),
+    rule_doc("spaced exists", ANY, {"sel": {"SourceName|exists": True, "ThreatName|contains": "mimikatz"},
+                                    "condition": "sel"}),
 ]
 
 VOCAB = {
@@ -58,7 +67,14 @@ VOCAB = {
     "NewProcessName": ["C:\\Windows\\System32\\cmd.exe", "C:\\app.exe"],
     "CommandLine": ["powershell -enc AAA", "powershell /enc AAA", "powershell \u2013enc AAA", "IEX (foo)",
                     "Invoke-Expression $x", "invoke-webrequest http://x", "run mimi then katz", "MIMIKATZ",
-                    "sekurlsa", "calc.exe", "[Convert]::FromBase64String('x')", "", ["-enc", "x"]],
+                    "sekurlsa", "calc.exe", "[Convert]::FromBase64String('x')", "", ["-enc", "x"],
+                    "mimikatz # SEKURLSA::LogonPasswords exit", "x privilege::debug lsadump::sam"],
+    "ParentCommandLine": ["cmd /c privilege::debug", "lsadump::", "explorer.exe"],
+    "Param": ["\\\\srv\\Kiwi Legit Printer", "kiwilegit", "event 4104 logged"],
+    "New Value": ["HKLM\\SOFTWARE\\Microsoft\\Windows Defender\\Exclusions\\Paths\\C:\\x = 0x0",
+                  "HKLM\\Real-Time Protection = 0x1", None, ["a", "b\\Exclusions\\c"]],
+    "Source Name": ["AMSI", None, ""],
+    "Threat Name": ["HackTool:Win32/Mimikatz", "Trojan:Win32/Other"],
     "User": ["corp\\admin", "CORP\\Admin", "corp\\bob"],
     "SubjectUserName": ["attacker", "ATTACKER", "someone"],
     "ScriptBlockText": ["[Ref].Assembly.GetType('AmsiUtils').GetField('x')", "amsiutils only",
@@ -134,6 +150,10 @@ def test_every_rule_can_fire(engine):
         {"TargetObject": None, "Details": "powershell"},
         {"Channel": SYSMON, "EventID": 1, "CommandLine": "x /enc y"},
         {"Details": "AmsiScanBuffer"},
+        {"CommandLine": "mimikatz # sekurlsa::logonpasswords exit"},
+        {"CommandLine": "privilege::debug", "ParentCommandLine": "lsadump::sam"},
+        {"New Value": "HKLM\\SOFTWARE\\Microsoft\\Windows Defender\\Exclusions\\Paths\\C:\\x = 0x0"},
+        {"Source Name": None, "Threat Name": "HackTool:Win32/Mimikatz"},
     ]
     fired = set()
     for ev in hand:

@@ -500,3 +500,214 @@ def test_loaded_rules_are_plain_picklable_data():
     assert isinstance(rule, Rule)
     clone = pickle.loads(pickle.dumps(rule))
     assert clone == rule
+
+
+# ------------------------------------------------------------------ correlations: records and resolving
+
+def _corr(title: str = "corr", *, rules=("base_rule",), ctype: str = "event_count", condition=None,
+          cid: str | None = "55555555-5555-5555-5555-555555555555", name: str | None = None,
+          top: dict | None = None, **section) -> str:
+    doc: dict = {"title": title}
+    if cid:
+        doc["id"] = cid
+    if name:
+        doc["name"] = name
+    doc["status"] = "test"
+    corr = {"type": ctype, "rules": list(rules), "group-by": ["User"], "timespan": "5m",
+            "condition": condition if condition is not None else {"gte": 3}}
+    corr.update(section)
+    doc["correlation"] = corr
+    doc["level"] = "high"
+    doc.update(top or {})
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _load(tmp_path, *docs: str, **kw) -> LoadedRules:
+    f = write(tmp_path / "c.yml", "---\n".join(docs))
+    return load_rules([f], use_cache=False, **kw)
+
+
+def test_rule_name_is_loaded_and_in_meta(tmp_path):
+    (rule,) = _load(tmp_path, BASE_RULE).rules
+    assert rule.name == "base_rule" and rule.meta()["name"] == "base_rule"
+
+
+def test_correlation_record_is_complete_and_picklable(tmp_path):
+    text = textwrap.dedent("""\
+        title: fast transfers
+        id: 66666666-6666-6666-6666-666666666666
+        name: fast_transfers
+        status: experimental
+        description: much data
+        references: [https://example.org/r]
+        author: me
+        date: 2024-05-06
+        tags: [attack.exfiltration, attack.t1041]
+        falsepositives: [backups]
+        level: critical
+        correlation:
+          type: value_avg
+          rules: [base_rule]
+          group-by: [Computer, who]
+          timespan: 1h
+          condition: {gte: 2.5, field: Bytes}
+          aliases:
+            who: {base_rule: TargetUserName}
+          generate: true
+        """)
+    loaded = _load(tmp_path, BASE_RULE, text)
+    assert loaded.errors == []
+    (c,) = loaded.correlations
+    assert (c.id, c.name, c.title, c.type) == ("66666666-6666-6666-6666-666666666666", "fast_transfers",
+                                              "fast transfers", "value_avg")
+    assert c.rules == ("base_rule",) and c.group_by == ("Computer", "who")
+    assert c.timespan_s == 3600 and c.timespan == "1h"
+    assert c.condition == {"gte": 2.5, "field": "Bytes"}        # the threshold as written, not int()
+    assert c.ops == {"gte": 2.5} and c.value_field == "Bytes"
+    assert c.aliases == {"who": {"base_rule": "TargetUserName"}} and c.generate is True
+    assert (c.level, c.status, c.author, c.date) == ("critical", "experimental", "me", "2024-05-06")
+    assert c.tags == ("attack.exfiltration", "attack.t1041") and c.falsepositives == ("backups",)
+    assert c.references == ("https://example.org/r",) and c.description == "much data"
+    meta = c.meta()
+    assert meta["title"] == "fast transfers" and meta["correlation_type"] == "value_avg"
+    assert meta["logsource"] is None and meta["path"] == str(tmp_path / "c.yml")
+    assert pickle.loads(pickle.dumps(c)) == c
+
+
+@pytest.mark.parametrize("section, top, expected", [
+    ({}, {}, False), ({"generate": True}, {}, True), ({}, {"generate": True}, True),
+    ({"generate": True}, {"generate": True}, True), ({"generate": False}, {"generate": True}, "error")])
+def test_generate_is_read_in_both_places(tmp_path, section, top, expected):
+    loaded = _load(tmp_path, BASE_RULE, _corr(top=top, **section))
+    if expected == "error":
+        (err,) = loaded.errors
+        assert "generate" in err.reason and loaded.correlations == []
+    else:
+        (c,) = loaded.correlations
+        assert c.generate is expected
+
+
+def test_extended_temporal_condition_is_parsed(tmp_path):
+    other = BASE_RULE.replace("base_rule", "other_rule").replace("11111111-1111-1111-1111-111111111111",
+                                                                 "77777777-7777-7777-7777-777777777777")
+    text = yaml.safe_dump({"title": "ext", "correlation": {
+        "type": "temporal", "group-by": ["User"], "timespan": "5m",
+        "condition": "base_rule and not other_rule"}})
+    loaded = _load(tmp_path, BASE_RULE, other, text)
+    assert loaded.errors == []
+    (c,) = loaded.correlations
+    assert c.rules == ("base_rule", "other_rule") and c.ops == {}    # rules taken from the condition
+    assert c.expression == ("and", (("rule", "base_rule"), ("not", ("rule", "other_rule"))))
+    assert c.expression_text == "base_rule and not other_rule"
+
+
+@pytest.mark.parametrize("condition, reason", [
+    ({"gte": 3, "field": "Bytes"}, "percentile"),
+    ({"gte": 3, "field": "Bytes", "percentile": 101}, "percentile")])
+def test_value_percentile_needs_a_percentile(tmp_path, condition, reason):
+    loaded = _load(tmp_path, BASE_RULE, _corr(ctype="value_percentile", condition=condition))
+    (err,) = loaded.errors
+    assert reason in err.reason and loaded.correlations == []
+
+
+def test_unknown_reference_is_a_located_error_and_the_rest_loads(tmp_path):
+    good = _corr("good", cid="66666666-6666-6666-6666-666666666666")
+    bad = _corr("bad", rules=("base_rule", "no_such_rule"))
+    loaded = _load(tmp_path, BASE_RULE, good, bad)
+    assert titles(loaded) == ["base"] and [c.title for c in loaded.correlations] == ["good"]
+    (err,) = loaded.errors
+    assert (err.path, err.rule_id, err.title) == (str(tmp_path / "c.yml"),
+                                                  "55555555-5555-5555-5555-555555555555", "bad")
+    assert "no_such_rule" in err.reason and "unknown" in err.reason
+
+
+def test_reference_cycle_is_an_error_and_so_is_what_builds_on_it(tmp_path):
+    a = _corr("a", rules=("corr_b",), name="corr_a", cid="a0000000-0000-4000-8000-000000000000")
+    b = _corr("b", rules=("corr_a", "base_rule"), name="corr_b", cid="b0000000-0000-4000-8000-000000000000")
+    c = _corr("c", rules=("corr_a",), cid="c0000000-0000-4000-8000-000000000000")
+    fine = _corr("fine", cid="d0000000-0000-4000-8000-000000000000")
+    selfref = _corr("self", rules=("me",), name="me", cid="e0000000-0000-4000-8000-000000000000")
+    loaded = _load(tmp_path, BASE_RULE, a, b, c, fine, selfref)
+    assert [x.title for x in loaded.correlations] == ["fine"] and titles(loaded) == ["base"]
+    reasons = {e.title: e.reason for e in loaded.errors}
+    assert set(reasons) == {"a", "b", "c", "self"}
+    assert "cycle" in reasons["a"] and "cycle" in reasons["b"] and "cycle" in reasons["self"]
+    assert "'corr_a'" in reasons["c"] and "has errors" in reasons["c"]
+
+
+def test_ambiguous_and_duplicate_references_are_errors(tmp_path):
+    twin = BASE_RULE.replace("title: base", "title: twin").replace(
+        "11111111-1111-1111-1111-111111111111", "77777777-7777-7777-7777-777777777777")
+    loaded = _load(tmp_path, BASE_RULE, twin, _corr())
+    (err,) = loaded.errors
+    assert "ambiguous" in err.reason
+    loaded = _load(tmp_path, BASE_RULE, _corr(rules=("base_rule", "11111111-1111-1111-1111-111111111111")))
+    (err,) = loaded.errors
+    assert "twice" in err.reason
+
+
+def test_alias_for_a_rule_outside_the_correlation_is_an_error(tmp_path):
+    other = BASE_RULE.replace("base_rule", "other_rule").replace("11111111-1111-1111-1111-111111111111",
+                                                                 "77777777-7777-7777-7777-777777777777")
+    ok = _corr("ok", aliases={"who": {"11111111-1111-1111-1111-111111111111": "TargetUserName"}},
+               cid="66666666-6666-6666-6666-666666666666")     # by id while rules name it: same rule
+    bad = _corr("bad", aliases={"who": {"other_rule": "TargetUserName"}})
+    loaded = _load(tmp_path, BASE_RULE, other, ok, bad)
+    assert [c.title for c in loaded.correlations] == ["ok"]
+    (err,) = loaded.errors
+    assert err.title == "bad" and "alias 'who'" in err.reason and "other_rule" in err.reason
+
+
+def test_resolve_checks_hand_made_records():
+    from sigstream.stream.rules import Correlation, resolve_correlations
+    base = Rule(id="11111111-1111-1111-1111-111111111111", title="b", level=None, status=None,
+                description=None, tags=(), references=(), author=None, date=None, logsource={},
+                falsepositives=(), ir=("true",), name="b")
+    good = Correlation("c1", "good", "event_count", ("b",), timespan_s=60, condition={"gte": 2})
+    cases = {
+        "type": Correlation("c2", "t", "event_sum", ("b",), timespan_s=60, condition={"gte": 2}),
+        "operator": Correlation("c3", "o", "event_count", ("b",), timespan_s=60, condition={"ge": 2}),
+        "number": Correlation("c4", "n", "event_count", ("b",), timespan_s=60, condition={"gte": "2"}),
+        "timespan": Correlation("c5", "s", "event_count", ("b",), timespan_s=0, condition={"gte": 2}),
+        "field": Correlation("c6", "f", "value_sum", ("b",), timespan_s=60, condition={"gte": 2}),
+    }
+    ok, errors = resolve_correlations([base], [good, *cases.values()])
+    assert ok == [good] and len(errors) == len(cases)
+    for (what, _), err in zip(cases.items(), errors):
+        assert what in err.reason, err.reason
+
+
+def test_generate_false_suppresses_the_referenced_rules(tmp_path):
+    loaded = _load(tmp_path, BASE_RULE, _corr())
+    (rule,) = loaded.rules
+    assert loaded.is_suppressed(rule) and loaded.suppressed == {"11111111-1111-1111-1111-111111111111"}
+    assert loaded.is_suppressed(rule.meta())                      # an alert's rule dict works too
+    loaded = _load(tmp_path, BASE_RULE, _corr(generate=True))
+    assert loaded.suppressed == frozenset()
+
+
+def test_selection_keeps_what_a_selected_correlation_needs(tmp_path):
+    # the base rule is low and left out by --min-level high, the correlation (high) needs it
+    loaded = _load(tmp_path, BASE_RULE, _corr(generate=True), selection=RuleSelection(min_level="high"))
+    assert titles(loaded) == ["base"] and loaded.skipped == 0
+    assert [c.title for c in loaded.correlations] == ["corr"]
+    assert loaded.is_suppressed(loaded.rules[0])                  # a helper never alerts itself
+
+
+def test_an_unselected_correlation_neither_runs_nor_suppresses(tmp_path):
+    loaded = _load(tmp_path, BASE_RULE, _corr().replace("level: high", "level: low"),
+                   selection=RuleSelection(min_level="low"))
+    assert [c.title for c in loaded.correlations] == ["corr"]
+    loaded = _load(tmp_path, BASE_RULE.replace("level: low", "level: high"),
+                   _corr().replace("level: high", "level: low"), selection=RuleSelection(min_level="high"))
+    assert loaded.correlations == [] and titles(loaded) == ["base"] and loaded.suppressed == frozenset()
+
+
+def test_correlations_come_back_whole_from_the_cache(tmp_path):
+    write(tmp_path / "rules" / "a.yml", BASE_RULE)
+    write(tmp_path / "rules" / "b.yml", _corr(aliases={"who": {"base_rule": "X"}}))
+    cold = load_rules([tmp_path / "rules"], cache_dir=tmp_path / "cache")
+    warm = load_rules([tmp_path / "rules"], cache_dir=tmp_path / "cache")
+    assert warm.cache_hits == 2 and cold.errors == warm.errors == []
+    assert warm.correlations == cold.correlations and warm.suppressed == cold.suppressed
+    assert warm.rules[0].name == "base_rule"

