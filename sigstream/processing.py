@@ -249,6 +249,8 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
     try:  # the output topics must exist (the broker may not auto-create them); idempotent
         create_topics(settings, [alerts_topic, dlq_topic])
     except KafkaError as e:
+        if getattr(e, "config", False):  # wrong credentials/TLS: say it once, as the error
+            raise
         log.warning("could not create %s/%s (they must exist): %s", alerts_topic, dlq_topic, e)
     correlation = None
     if any(isinstance(s, CorrelationStage) for s in detector.stages):

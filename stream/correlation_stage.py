@@ -8,8 +8,9 @@ State, written down:
   overtaken by an earlier one: files read out of order, hosts with delayed shipping).
 - `Correlator`: open windows per (correlation, group).
 Both are in memory; `holds_state` is true while either holds anything, so a stream
-processor using this stage alone does not commit its input past it (the Kafka
-processor uses a changelog instead, see sigstream/correlating.py).
+processor using this stage alone does not commit its input past it. Kafka `run` puts
+stream/correlation_forward.py in its place and keeps the state in a compacted changelog
+(connectors/correlation_kafka.py).
 
 Decisions (README "Correlation rules"):
 - A base alert of a rule that correlations reference still goes to the sinks, unless
