@@ -4,18 +4,22 @@
 Prints, in one run (medians over --runs):
   parse-only events/s   EVTX -> evtx JSON -> orjson -> normalised event, no rules
   load/compile seconds  the SigmaHQ Windows set, cold (no cache) and warm (cache)
-  hunt events/s         read + normalise + match + alert documents, one core,
+  hunt events/s         read + normalise + match + alert documents, one core, through
+                        `sigstream hunt`'s own path (hunting.hunt_files -> Detector);
                         first pass (buckets built lazily) and steady state;
                         with stream.enrich applied unless --no-enrich
+  with correlations     the same with --correlations N rules over the most firing rules
   ratio                 hunt / parse-only (product goal: >= 1/3)
   peak RSS
 Run alone: throughput on this 2-core machine halves when another job runs beside it.
 
     python bench/hunt.py [--runs 5] [--corpus ../shared/corpora] [--no-enrich]
+    python bench/hunt.py --runs 3 --copies 10 --correlations 10     # the x10 corpus
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import resource
 import statistics
@@ -28,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sigstream.connectors.readers import find_event_files, read_events  # noqa: E402
-from sigstream.stream.alerts import build_alert  # noqa: E402
+from sigstream.hunting import hunt_files  # noqa: E402
+from sigstream.stream.correlation_stage import correlation_stages  # noqa: E402
+from sigstream.stream.detector import Detector  # noqa: E402
 from sigstream.stream.engine import Engine  # noqa: E402
 from sigstream.stream.rules import RuleSelection, load_rules  # noqa: E402
 
@@ -48,21 +54,68 @@ def parse_only(files) -> int:
     return n
 
 
-def hunt(engine: Engine, files) -> tuple[int, int]:
-    n = hits = 0
-    for event, src in read_events(files):
-        n += 1
-        for hit in engine.match(event):
-            hits += 1
-            build_alert(hit, event, {"path": src.path, "position": src.position},
-                        matched=engine.explain(hit, event))
-    return n, hits
+class NullSink:
+    def __init__(self):
+        self.alerts = 0
+
+    def add(self, alert):
+        self.alerts += 1
+
+
+def hunt(detector: Detector, files) -> tuple[int, int]:
+    """`sigstream hunt`'s path (sigstream.hunting.hunt_files), alerts to a null sink."""
+    sink = NullSink()
+    stats = hunt_files(files, detector, sink, on_error=lambda e: None)
+    return stats.events, sink.alerts
+
+
+def correlation_yaml(top_rules: list[str]) -> str:
+    """Correlations over the rules that fire most on the corpus: counts, distinct values,
+    a temporal pair (generate: true, so the base alerts stay as they are)."""
+    docs = []
+    for i, rid in enumerate(top_rules):
+        docs.append(f"""title: bench burst {i}
+id: 00000000-0000-4000-8000-{i:012d}
+correlation:
+  type: event_count
+  rules: [{rid}]
+  group-by: [Computer]
+  timespan: 5m
+  generate: true
+  condition: {{gte: 3}}
+""")
+        docs.append(f"""title: bench spread {i}
+id: 00000000-0000-4000-8001-{i:012d}
+correlation:
+  type: value_count
+  rules: [{rid}]
+  group-by: [Computer]
+  timespan: 1h
+  generate: true
+  condition: {{gte: 2, field: EventRecordID}}
+""")
+    for i in range(0, len(top_rules) - 1, 2):
+        docs.append(f"""title: bench pair {i}
+id: 00000000-0000-4000-8002-{i:012d}
+correlation:
+  type: temporal
+  rules: [{top_rules[i]}, {top_rules[i + 1]}]
+  group-by: [Computer]
+  timespan: 10m
+  generate: true
+""")
+    return "---\n".join(docs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpora"))
+    ap.add_argument("--copies", type=int, default=1,
+                    help="read the corpus this many times per pass (10: the x10 corpus)")
+    ap.add_argument("--correlations", type=int, default=0, metavar="N",
+                    help="also measure with correlations over the N rules that fire most "
+                         "(event_count and value_count each, temporal pairs)")
     ap.add_argument("--enrich", action=argparse.BooleanOptionalAction, default=True,
                     help="apply stream.enrich.enrich before matching, as `sigstream hunt` does (default: on)")
     args = ap.parse_args()
@@ -70,7 +123,7 @@ def main() -> None:
     samples = corpus / "evtx-attack-samples"
     if not samples.is_dir():
         sys.exit(f"corpus not found at {corpus} (expected evtx-attack-samples/ and sigma/)")
-    files = find_event_files([samples])
+    files = find_event_files([samples]) * args.copies
     rule_dirs = [corpus / "sigma" / d for d in SIGMA_DIRS]
     windows = RuleSelection(products=frozenset({"windows"}))
 
@@ -86,10 +139,25 @@ def main() -> None:
     from sigstream.stream.enrich import enrich
     compile_s, engine = timed(lambda: Engine(loaded.rules, enrich=enrich if args.enrich else None))
 
-    first_s, (n, hits) = timed(lambda: hunt(engine, files))
+    first_s, (n, hits) = timed(lambda: hunt(Detector(engine), files))
     gc.collect()
-    steady = [timed(lambda: hunt(engine, files))[0] for _ in range(args.runs)]
+    steady = [timed(lambda: hunt(Detector(engine), files))[0] for _ in range(args.runs)]
     steady_rate = statistics.median(events / t for t in steady)
+    correlated = None
+    if args.correlations:
+        counts: collections.Counter = collections.Counter()
+        sink = type("Count", (), {"add": lambda self, a: counts.update([a["rule"]["id"]])})()
+        hunt_files(files, Detector(engine), sink, on_error=lambda e: None)
+        top = [rid for rid, _ in counts.most_common(args.correlations)]
+        with tempfile.TemporaryDirectory() as tmp:
+            corr_file = Path(tmp) / "bench-correlations.yml"
+            corr_file.write_text(correlation_yaml(top))
+            with_corr = load_rules(rule_dirs + [corr_file], selection=windows, cache_dir=tmp)
+        stages = lambda: correlation_stages(with_corr.correlations, with_corr.suppressed,  # noqa: E731
+                                            lateness_s=float("inf"))
+        runs = [timed(lambda: hunt(Detector(engine, stages=stages()), files)) for _ in range(args.runs)]
+        correlated = (len(with_corr.correlations), statistics.median(events / t for t, _ in runs),
+                      runs[0][1][1] - hits)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"corpus                 {len(files)} EVTX files, {events:,} events")
@@ -101,6 +169,9 @@ def main() -> None:
     print(f"hunt first pass        {n / first_s:,.0f} events/s   ({hits:,} detections)")
     print(f"hunt steady state      {steady_rate:,.0f} events/s")
     print(f"ratio hunt/parse       {steady_rate / parse_rate:.2f}   (goal >= 0.33)")
+    if correlated:
+        print(f"hunt with correlations {correlated[1]:,.0f} events/s   ({correlated[0]} correlation rules, "
+              f"{correlated[2]:,} correlation alerts)")
     print(f"peak RSS               {rss_mb:,.0f} MiB")
 
 
