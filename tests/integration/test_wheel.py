@@ -37,7 +37,7 @@ def installed(tmp_path_factory):
     deps = {p for p in sys.path if p.endswith("site-packages")}
     Path(site_dir, "system-deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                    "-q", str(wheel)], check=True, capture_output=True)
+                    "--ignore-installed", "-q", str(wheel)], check=True, capture_output=True, env=CLEAN_ENV)
     empty = work / "empty"
     empty.mkdir()
     return wheel, python, empty
