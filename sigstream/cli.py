@@ -13,9 +13,12 @@ import click
 import orjson
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from sigstream.render import err_console
 from sigstream.resources import bundled_rules
+from sigstream.stream.errors import SigstreamError
+from sigstream.stream.logfmt import JsonLogFormatter
 from sigstream.stream.rules import LEVELS, LoadedRules, RuleSelection, load_rules
 
 STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
@@ -23,15 +26,21 @@ EXIT_USAGE = 2
 log = logging.getLogger("sigstream")
 
 
-class JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": self.formatTime(record), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
-        doc.update(getattr(record, "fields", {}))
-        return orjson.dumps(doc, default=str).decode()
+class _Commands(click.Group):
+    """The command group: a sigstream error anywhere in a command is one line on stderr
+    and exit status 1 (its `location` says where), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SigstreamError as e:
+            log.debug("command failed", exc_info=True)
+            err_console.print(f"[red]error[/red] {escape(str(e))}", soft_wrap=True)
+            sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity (stderr).")
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
@@ -279,6 +288,14 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
         - name: encoded launch
           expect: match            # or no_match
           event: {EventID: 1, Channel: Microsoft-Windows-Sysmon/Operational, ...}
+    \b
+    Next to a correlation rule, a case gives an event sequence instead:
+        - name: three encoded launches in five minutes
+          expect: match            # fires at least once; no_match: never
+          count: 2                 # optional: exactly this many firings
+          events: [{..., Computer: WKS-1, TimeCreated: '2026-11-24T10:04:00Z'}, ...]
+    The events run in order through the Detector with the correlation stage (as hunt);
+    the rules it references are looked up among all RULE_PATHS given.
     """
     from sigstream.connectors.normalize import normalize
     from sigstream.stream.enrich import enrich
