@@ -254,24 +254,15 @@ def kafka_correlation_source(settings: Any, topic: str, group: str, loop_ref: li
                              session_timeout_s: float, max_poll_records: int) -> Any:
     """A KafkaSource on `topic` whose rebalances restore / drop the loop's partitions
     (inside poll(), before the records of a newly assigned partition are returned)."""
-    from kafka.consumer.subscription_state import ConsumerRebalanceListener
-
     from sigstream.connectors.kafka import KafkaSource
 
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked):
-            source.rebalances += 1
-            if loop_ref:
-                loop_ref[0].on_revoked(tp.partition for tp in revoked if tp.topic == topic)
+    def revoked(partitions: list[tuple[str, int]]) -> None:
+        if loop_ref:
+            loop_ref[0].on_revoked(p for t, p in partitions if t == topic)
 
-        def on_partitions_assigned(self, assigned):
-            if assigned:
-                log.info("correlation partitions assigned: %s", sorted(tp.partition for tp in assigned))
-            if loop_ref:
-                loop_ref[0].on_assigned(tp.partition for tp in assigned if tp.topic == topic)
+    def assigned(partitions: list[tuple[str, int]]) -> None:
+        if loop_ref:
+            loop_ref[0].on_assigned(p for t, p in partitions if t == topic)
 
-    source = KafkaSource(settings, [topic], group, from_beginning=True, max_poll_records=max_poll_records,
-                         session_timeout_s=session_timeout_s)
-    # replace KafkaSource's listener (no poll has happened: nothing is assigned yet)
-    source._consumer.subscribe(topics=[topic], listener=Listener())
-    return source
+    return KafkaSource(settings, [topic], group, from_beginning=True, max_poll_records=max_poll_records,
+                       session_timeout_s=session_timeout_s, on_assigned=assigned, on_revoked=revoked)

@@ -1,6 +1,6 @@
 """A disk spool: an ordered, size-capped, crash-safe queue of (topic, key, value) records.
 
-The event publisher (connectors/kafka.py) writes records here when the broker
+The event publisher (connectors/kafka/) writes records here when the broker
 cannot take them, and reads them back, in order, when it can.
 
 Layout: a directory of segment files ``<id>.seg`` (``id`` a 20-digit decimal,

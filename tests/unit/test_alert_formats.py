@@ -29,6 +29,8 @@ def alerts() -> list[dict]:
     out = []
     for event, src in read_events([str(ROOT / "samples" / "fileless-intrusion.jsonl")]):
         for hit in engine.match(event):
+            if loaded.is_suppressed(hit.rule):   # correlation building blocks never alert alone
+                continue
             a = build_alert(hit, event, {"path": src.path, "position": src.position},
                             detected_at="2026-11-24T09:12:00.000000Z")
             out.append(orjson.loads(orjson.dumps(a, default=str)))   # as it travels

@@ -12,6 +12,7 @@ import pytest
 from kafka import errors as kerrors
 
 from sigstream.connectors import kafka as kc
+from sigstream.connectors.kafka import connection as kconn   # the check's cache and diagnoses
 from sigstream.connectors.kafka import (ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, ALERTS_TOPIC, DLQ_TOPIC,
                               EVENT_TOPIC_PATTERN, KafkaError, KafkaSettings, all_topics,
                               event_topic, event_topic_pattern)
@@ -63,9 +64,9 @@ SECURITY_VARS = ("SIGSTREAM_BOOTSTRAP", "SIGSTREAM_SECURITY_PROTOCOL", "SIGSTREA
 def clean_env(monkeypatch):
     for name in SECURITY_VARS:
         monkeypatch.delenv(name, raising=False)
-    kc._check_cache.clear()
+    kconn._check_cache.clear()
     yield monkeypatch
-    kc._check_cache.clear()
+    kconn._check_cache.clear()
 
 
 def test_password_not_in_repr(clean_env):
@@ -189,7 +190,7 @@ def _settings(**kw) -> KafkaSettings:
      "the listener probably expects TLS (SSL or SASL_SSL) but SIGSTREAM_SECURITY_PROTOCOL is PLAINTEXT"),
 ])
 def test_handshake_problem_messages(settings, exc, versions_ok, expected):
-    msg, config = kc._handshake_problem(settings, "h", exc, versions_ok, 5)
+    msg, config = kconn._handshake_problem(settings, "h", exc, versions_ok, 5)
     assert expected in msg and config
     assert "pw" not in msg.replace("PASSWORD", "")
 
