@@ -15,6 +15,8 @@ Run alone: throughput on this 2-core machine halves when another job runs beside
 
     python bench/hunt.py [--runs 5] [--corpus ../shared/corpora] [--no-enrich]
     python bench/hunt.py --runs 3 --copies 10 --correlations 10     # the x10 corpus
+    python bench/hunt.py --runs 3 --jobs 2    # + hunt with 1 and 2 worker processes (hunt --jobs):
+                                              #   the corpus, and one JSON-lines file of its events x10
 """
 from __future__ import annotations
 
@@ -69,6 +71,40 @@ def hunt(detector: Detector, files) -> tuple[int, int]:
     return stats.events, sink.alerts
 
 
+def jsonl_copy(files, copies: int, path: Path) -> int:
+    """The corpus' normalised events, `copies` times over, as one JSON-lines file."""
+    import orjson
+    events = [orjson.dumps(ev, default=str) for ev, _ in read_events(files)]
+    with open(path, "wb") as out:
+        for _ in range(copies):
+            for line in events:
+                out.write(line + b"\n")
+    return len(events) * copies
+
+
+def jobs_figures(engine: Engine, files, jobs: int, runs: int) -> list[str]:
+    """hunt_files with 1 and `jobs` workers (hunt --jobs), on the corpus and on one large
+    JSON-lines file of its events (x10); steady state (the engine's buckets built)."""
+    def rate(inputs, n, j):
+        t = statistics.median(
+            timed(lambda: hunt_files(inputs, Detector(engine), NullSink(), on_error=lambda e: None,
+                                     jobs=j))[0] for _ in range(runs))
+        return n / t
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "corpus-x10.jsonl"
+        n_big = jsonl_copy(files, 10, big)
+        n_corpus = parse_only(files)
+        hunt_files([big], Detector(engine), NullSink(), on_error=lambda e: None)   # warm up
+        for label, inputs, n in ((f"{len(files)} EVTX files", files, n_corpus),
+                                 (f"one JSONL file ({big.stat().st_size / 2**20:,.0f} MiB)", [big], n_big)):
+            r1 = rate(inputs, n, 1)
+            rj = rate(inputs, n, jobs)
+            lines.append(f"hunt --jobs 1 / {jobs:<5}  {r1:,.0f} / {rj:,.0f} events/s   (x{rj / r1:.2f}; "
+                         f"{label}, {n:,} events)")
+    return lines
+
+
 def correlation_yaml(top_rules: list[str]) -> str:
     """Correlations over the rules that fire most on the corpus: counts, distinct values,
     a temporal pair (generate: true, so the base alerts stay as they are)."""
@@ -118,6 +154,9 @@ def main() -> None:
                          "(event_count and value_count each, temporal pairs)")
     ap.add_argument("--enrich", action=argparse.BooleanOptionalAction, default=True,
                     help="apply stream.enrich.enrich before matching, as `sigstream hunt` does (default: on)")
+    ap.add_argument("--jobs", type=int, default=0, metavar="N",
+                    help="also measure hunt_files with 1 and N worker processes (hunt --jobs) on the "
+                         "corpus and on one JSON-lines file of its events x10")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     samples = corpus / "evtx-attack-samples"
@@ -158,6 +197,7 @@ def main() -> None:
         runs = [timed(lambda: hunt(Detector(engine, stages=stages()), files)) for _ in range(args.runs)]
         correlated = (len(with_corr.correlations), statistics.median(events / t for t, _ in runs),
                       runs[0][1][1] - hits)
+    jobs_lines = jobs_figures(engine, files, args.jobs, args.runs) if args.jobs > 1 else []
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"corpus                 {len(files)} EVTX files, {events:,} events")
@@ -172,6 +212,8 @@ def main() -> None:
     if correlated:
         print(f"hunt with correlations {correlated[1]:,.0f} events/s   ({correlated[0]} correlation rules, "
               f"{correlated[2]:,} correlation alerts)")
+    for line in jobs_lines:
+        print(line)
     print(f"peak RSS               {rss_mb:,.0f} MiB")
 
 

@@ -202,13 +202,17 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
               help="Environment variable holding the HMAC key for the X-Sigstream-Signature header.")
 @click.option("--webhook-dead-letter", type=click.Path(dir_okay=False), metavar="FILE",
               help="JSONL file for alerts the webhook permanently refused.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on this port (/metrics; 0: any free port).")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, metavar="ADDR",
+              help="Address the metrics endpoint listens on.")
 def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginning: bool,
         topic_prefix: str, topics: str | None, alerts_topic: str | None, dlq_topic: str | None,
         until_idle: float | None, batch_size: int, commit_interval: float, session_timeout: float,
         watch_rules: bool, correlation_lateness: float,
         fmt: str | None, alert_format: str, dedup_path: str | None, webhook_url: str | None,
         webhook_payload: str, webhook_secret_env: str | None, webhook_dead_letter: str | None,
-        **opts: Any) -> None:
+        metrics_port: int | None, metrics_addr: str, **opts: Any) -> None:
     """Run the stream processor: event topics -> Sigma rules -> alerts topic.
 
     \b
@@ -251,12 +255,13 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
             live = FormattingSink(live, alert_format)
         return TeeSink(live, *extras) if (live is not None or extras) else None
 
+    metrics_at = (metrics_addr, metrics_port) if metrics_port is not None else None
     t0 = time.perf_counter()
     try:
         if bootstrap is None:
             metrics = run_embedded(detector, list(inputs) or [str(samples_dir())], echo_sink(LiveSink(fmt)),
                                    batch_size=batch_size, until_idle=until_idle, rule_loader=loader,
-                                   watch=watch, group=group, wrap=wrap)
+                                   watch=watch, group=group, wrap=wrap, metrics_at=metrics_at)
             mode = "embedded"
         else:
             if inputs:
@@ -268,7 +273,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
                                 rule_loader=loader, watch=watch, session_timeout_s=session_timeout,
                                 echo=echo_sink(LiveSink(fmt, summary=False) if fmt else None),
                                 wrap=wrap, commit_interval_s=commit_interval,
-                                topic_prefix=topic_prefix)
+                                topic_prefix=topic_prefix, metrics_at=metrics_at)
             mode = f"kafka {bootstrap} group {group}"
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: offsets since the last batch are not committed[/yellow]")

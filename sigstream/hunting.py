@@ -6,6 +6,7 @@ only reads files, keeps count and reports problems with their file and position.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -30,15 +31,48 @@ class HuntStats:
 def hunt_files(files: Sequence[Path], detector: Detector, sink: Any, *,
                on_error: Callable[[ReadError], None],
                on_file_done: Callable[[Path], None] = lambda f: None,
-               clock: Callable[[], float] = time.time) -> HuntStats:
+               clock: Callable[[], float] = time.time, jobs: int = 1,
+               on_progress: Callable[[Path, float], None] | None = None,
+               min_parallel_bytes: int = 0, chunk_bytes: int | None = None,
+               start_method: str | None = None) -> HuntStats:
     """Every event of `files`, in order, through `detector`; alerts to `sink.add`.
 
     A record that cannot be read, or that the detector fails on, is reported to
     `on_error` with its file and position and the hunt goes on. At the end the
     detector's held state (incomplete script blocks, correlation windows) is flushed.
+
+    jobs > 1: read and match in that many worker processes (sigstream.hunt_jobs); the
+    alerts, errors and their order are the same as with one. Inputs smaller than
+    `min_parallel_bytes` (or one file that is not split) run in this process.
+    `on_progress(file, share)`: shares of a file done (they add up to 1 per file).
+    `clock` must be picklable for the `spawn` start method.
     """
+    # The rules and the engine live as long as the hunt: out of the collector's scans (its
+    # full collections would walk them again and again; after a fork they would copy them).
+    gc.freeze()
+    try:
+        return _hunt(files, detector, sink, on_error, on_file_done, clock, jobs, on_progress,
+                     min_parallel_bytes, chunk_bytes, start_method)
+    finally:
+        gc.unfreeze()
+
+
+def _hunt(files: Sequence[Path], detector: Detector, sink: Any, on_error: Callable[[ReadError], None],
+          on_file_done: Callable[[Path], None], clock: Callable[[], float], jobs: int,
+          on_progress: Callable[[Path, float], None] | None, min_parallel_bytes: int,
+          chunk_bytes: int | None, start_method: str | None) -> HuntStats:
     stats = HuntStats()
     t0 = time.perf_counter()
+    if jobs > 1:
+        from sigstream import hunt_jobs
+        chunk = chunk_bytes or hunt_jobs.CHUNK_BYTES
+        why = hunt_jobs.parallel_reason(files, detector, jobs, chunk, min_parallel_bytes)
+        if why is None:
+            hunt_jobs.hunt_parallel(files, detector, sink, stats, jobs=jobs, on_error=on_error,
+                                    on_file_done=on_file_done, on_progress=on_progress,
+                                    clock=clock, chunk_bytes=chunk, method=start_method)
+            return _finish(detector, sink, stats, clock, t0)
+        log.info("hunting in one process: %s", why)
     detect = detector.detect
     add = sink.add
 
@@ -59,9 +93,17 @@ def hunt_files(files: Sequence[Path], detector: Detector, sink: Any, *,
             for alert in alerts:
                 add(alert)
             stats.alerts += len(alerts)
+        if on_progress is not None:
+            on_progress(f, 1.0)
         on_file_done(f)
+    return _finish(detector, sink, stats, clock, t0)
+
+
+def _finish(detector: Detector, sink: Any, stats: HuntStats, clock: Callable[[], float],
+            t0: float) -> HuntStats:
+    """End of input: what the detector holds (incomplete script blocks, correlations)."""
     for alert in detector.finish(clock()):
-        add(alert)
+        sink.add(alert)
         stats.alerts += 1
     stats.seconds = time.perf_counter() - t0
     return stats

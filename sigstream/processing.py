@@ -96,8 +96,10 @@ def install_signals(processor: Any) -> Callable[[], None]:
 def run_embedded(detector: Any, inputs: list[str], out: Any, *, batch_size: int = 500,
                  until_idle: float | None = None, rule_loader: Callable | None = None,
                  watch: Callable | None = None, group: str = DEFAULT_GROUP,
-                 wrap: Callable[[Any], Any] | None = None) -> Any:
-    """Files -> collector thread -> MemoryBroker -> Processor -> out. Returns the metrics."""
+                 wrap: Callable[[Any], Any] | None = None,
+                 metrics_at: tuple[str, int] | None = None) -> Any:
+    """Files -> collector thread -> MemoryBroker -> Processor -> out. Returns the metrics.
+    `metrics_at` (addr, port): serve Prometheus metrics there while the processor runs."""
     from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                    MemorySource, publish_events)
     from sigstream.connectors.readers import find_event_files, read_events
@@ -127,6 +129,7 @@ def run_embedded(detector: Any, inputs: list[str], out: Any, *, batch_size: int 
     processor = Processor(source, detector, alerts, dlq, batch_size=batch_size,
                           poll_timeout_s=0.2, until_idle_s=until_idle, idle_exit=done.is_set,
                           rule_loader=rule_loader, watch=watch)
+    exporter = _metrics_server(processor, metrics_at)
     restore = install_signals(processor)
     collector.start()
     try:
@@ -136,6 +139,8 @@ def run_embedded(detector: Any, inputs: list[str], out: Any, *, batch_size: int 
         alerts.close()
         dlq.close()
         source.close()
+        if exporter is not None:
+            exporter.stop()
     for e in read_errors[:10]:
         err_console.print(f"[yellow]unreadable record[/yellow] {e}", soft_wrap=True)
     if len(read_errors) > 10:
@@ -144,6 +149,17 @@ def run_embedded(detector: Any, inputs: list[str], out: Any, *, batch_size: int 
         err_console.print(f"[yellow]dead letter[/yellow] {d.header('source_topic').decode()}"
                           f"@{d.header('source_offset').decode()}: {d.header('reason').decode()}")
     return metrics
+
+
+def _metrics_server(processor: Any, at: tuple[str, int] | None) -> Any:
+    """A started Prometheus endpoint observing `processor` (sigstream.metrics), or None."""
+    if at is None:
+        return None
+    from sigstream.metrics import MetricsServer
+    server = MetricsServer(*at)
+    server.attach(processor)
+    server.start()
+    return server
 
 
 # ------------------------------------------------------------------- kafka ---
@@ -239,7 +255,7 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
               rule_loader: Callable | None = None, watch: Callable | None = None,
               echo: Any = None, session_timeout_s: float = 45.0,
               wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0,
-              topic_prefix: str = "sigstream") -> Any:
+              topic_prefix: str = "sigstream", metrics_at: tuple[str, int] | None = None) -> Any:
     from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
                                   KafkaSource, create_topics)
     from sigstream.stream.correlation_stage import CorrelationStage
@@ -269,6 +285,7 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
                           poll_timeout_s=0.5, until_idle_s=until_idle, rule_loader=rule_loader,
                           watch=watch, log_interval_s=15.0, commit_interval_s=commit_interval_s,
                           state=correlation.producer if correlation is not None else None)
+    exporter = _metrics_server(processor, metrics_at)
     restore = install_signals(processor)
     if correlation is not None:
         correlation.start(on_failure=processor.stop)
@@ -282,7 +299,8 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
         ok = True
     finally:
         restore()
-        closers = [sink.close, dlq.close, source.close] + ([correlation.close] if correlation else [])
+        closers = [sink.close, dlq.close, source.close] + ([correlation.close] if correlation else []) \
+            + ([exporter.stop] if exporter is not None else [])
         for closer in closers:
             try:
                 closer()

@@ -84,7 +84,7 @@ class CorrelationStage:
         return bool(self.buffer.held) or self.correlator.groups_open > 0
 
     def stats(self) -> dict[str, Any]:
-        return {**self.correlator.stats(), "held": self.buffer.held, "late": self.buffer.late,
+        return {**self.correlator.stats, "held": self.buffer.held, "late": self.buffer.late,
                 "untimed": self.untimed, "alerts": self.alerts}
 
     def _suppressed(self, rule_id: str | None, name: str | None) -> bool:

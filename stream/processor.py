@@ -160,7 +160,8 @@ class Processor:
                  log_interval_s: float = 30.0,
                  dead_letter_max_value: int = DEAD_LETTER_MAX_VALUE,
                  engine_factory: Callable[[Sequence[Rule]], Engine] | None = None,
-                 commit_interval_s: float = 0.0, state: Any = None):
+                 commit_interval_s: float = 0.0, state: Any = None,
+                 on_batch: Callable[[Any, float | None], None] | None = None):
         """
         detector:     the shared detection pipeline (stream.detector.Detector).
         clock:        wall clock (epoch seconds): the processing time given to the detector
@@ -181,6 +182,9 @@ class Processor:
                       redelivered (with the same alert ids) after a crash.
         state:        an output flushed after the dead letters and before the commit
                       (stages' durable state), or None.
+        on_batch:     called (processor, seconds) after each batch with its processing time,
+                      and (processor, None) after an empty poll and when run() returns
+                      (observers such as sigstream.metrics; not per event).
         """
         self.source = source
         self.detector = detector
@@ -204,6 +208,7 @@ class Processor:
         self._last_commit = time.monotonic()
         self.engine_factory = engine_factory or (
             lambda rules: Engine(rules, enrich=getattr(self.engine, "_enrich", None)))
+        self.on_batch = on_batch
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._lock = threading.Lock()
@@ -317,6 +322,8 @@ class Processor:
                 self._emit(self.detector.tick(now))   # timed-out blocks, stage output
                 if self._uncommitted or self.detector.holds_state:
                     self._commit()  # the source ran dry: nothing to batch the commit with
+                if self.on_batch is not None:
+                    self.on_batch(self, None)
                 if self.idle_exit is not None and self.idle_exit():
                     self._end_of_input()
                     break
@@ -330,7 +337,10 @@ class Processor:
                         self._end_of_input()
                         break
                 continue
+            t_batch = time.perf_counter()
             self.process_batch(batch)
+            if self.on_batch is not None:
+                self.on_batch(self, time.perf_counter() - t_batch)
             self._uncommitted = True
             if time.monotonic() - self._last_commit >= self.commit_interval_s:
                 self._emit(self.detector.tick(self.clock()))
@@ -338,6 +348,8 @@ class Processor:
             last_record = self.clock()
         if self._uncommitted:
             self._commit()
+        if self.on_batch is not None:
+            self.on_batch(self, None)
         self.log_metrics()
         return self.metrics
 

@@ -6,50 +6,56 @@ stopping, applies meta filters before pipelines, translates each condition into
 IR (stream.ir) and caches the result per file content (stream.cache), so a
 second load of the SigmaHQ set skips YAML and pySigma entirely.
 
-Correlation rules (stream.correlation evaluates them) are parsed per file into
-`Correlation` records and resolved once the whole set is loaded
-(`resolve_correlations`): references by rule id or `name`, chains of
-correlations, cycles, aliases. A correlation that does not resolve is an error;
-everything else still loads. Decisions:
+Correlation rules are parsed per file into `Correlation` records and resolved
+once the whole set is loaded; stream.correlation_rules holds the records, the
+resolution and the suppression decisions (re-exported here), stream.correlation
+evaluates them.
 
-- A reference in UUID form names a rule id, anything else a `name` (as pySigma).
-  A reference matching no rule, or more than one, is an error; so is a rule
-  listed twice (by id and by name, say).
-- An alias that maps a rule that is not among the correlation's `rules` is an
-  error: it is almost always a typo, and it would silently leave that rule's
-  events out of every group.
-- `generate` is read in the `correlation` section (pySigma) and at the top level
-  (the specification's JSON schema); both given and different is an error.
-- Rules referenced by a running correlation with `generate: false` (the default)
-  are suppressed: they are matched (the correlation needs them) but must not
-  alert on their own (`LoadedRules.suppressed`, `LoadedRules.is_suppressed`). Like
-  pySigma, one such correlation is enough to suppress a rule.
-- The rule selection (`--min-level`, statuses, ids, tags) applies to correlations
-  too (not the product filter: they have no log source). A rule or correlation a
-  selected correlation needs but the selection left out is loaded anyway as a
-  helper, suppressed. A correlation that is not selected does not run and
-  suppresses nothing.
-- Condition thresholds keep the number written in the rule (`gte: 2.5`), where
-  pySigma truncates to int. Ranges (`gt` + `lte`) are rejected by pySigma 1.5 and
-  so stay errors; the evaluator takes several operators if that changes.
+Errors are `RuleError`s located by file and line: the line of the offending key
+where it is known (the `Field|modifier:` key, `condition:`, a correlation's
+reference), else the line where the rule's YAML document starts; for invalid
+YAML, the line the parser reports. Lines come from yaml's node marks, composed
+once per file and only when that file has an error: the fast path (plain
+`yaml.load_all`) stays as it is.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
-import math
 import multiprocessing as mp
 import os
 import re
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
 from sigstream.stream import modifiers
-from sigstream.stream.ir import IR_VERSION, IRError, Placeholders, condition_to_ir
+from sigstream.stream.correlation_rules import (
+    CONDITION_OPS,
+    CORRELATION_TYPES,
+    TEMPORAL_TYPES,
+    VALUE_TYPES,
+    Correlation,
+    KeyPath,
+    _canonical_ref,
+    correlation_of,
+    plan_correlations,
+    resolve_correlations,
+    rule_key,
+)
+from sigstream.stream.ir import IR_VERSION, Placeholders, condition_to_ir
+
+__all__ = [
+    "LEVELS", "HIDDEN_STATUSES", "RULE_SUFFIXES", "RECORD_VERSION", "Rule", "RuleError",
+    "FileResult", "LoadedRules", "RuleSelection", "find_rule_files", "load_rules",
+    "load_rule_text", "rule_line",
+    # stream.correlation_rules, imported from here by older code
+    "CONDITION_OPS", "CORRELATION_TYPES", "TEMPORAL_TYPES", "VALUE_TYPES", "Correlation",
+    "resolve_correlations", "rule_key", "_canonical_ref",
+]
 
 try:  # the C loader is about 5x faster
     from yaml import CSafeLoader as _YamlLoader
@@ -62,14 +68,9 @@ LEVELS = ("informational", "low", "medium", "high", "critical")
 HIDDEN_STATUSES = frozenset({"deprecated", "unsupported"})
 RULE_SUFFIXES = (".yml", ".yaml")
 _FILTER_DOC = re.compile(rb"^filter\s*:", re.MULTILINE)
-# Shape of the cached Rule/Correlation records; part of the cache salt (with IR_VERSION).
-RECORD_VERSION = 2
-
-CORRELATION_TYPES = ("event_count", "value_count", "temporal", "temporal_ordered",
-                     "value_sum", "value_avg", "value_percentile", "value_median")
-VALUE_TYPES = frozenset({"value_count", "value_sum", "value_avg", "value_percentile", "value_median"})
-TEMPORAL_TYPES = frozenset({"temporal", "temporal_ordered"})
-CONDITION_OPS = ("gt", "gte", "lt", "lte", "eq", "neq")
+# Shape of the cached Rule/Correlation/RuleError records; part of the cache salt (with
+# IR_VERSION). 3: RuleError.line; Correlation moved to stream.correlation_rules.
+RECORD_VERSION = 3
 
 
 @dataclass
@@ -102,75 +103,24 @@ class Rule:
 
 
 @dataclass
-class Correlation:
-    """A Sigma correlation rule (plain data, picklable); stream.correlation evaluates it.
-
-    `condition`: operator -> threshold ({"gte": 3}; several operators must all hold),
-    plus "field" (a name, or a tuple of names for value_count) for the value types and
-    "percentile" (0-100) for value_percentile. Temporal rules with an extended condition
-    (`condition: a and not b`) have no operator; `expression` holds the parsed tree:
-    ("rule", ref) | ("and", (e, ...)) | ("or", (e, ...)) | ("not", e).
-    `aliases`: alias name -> {rule reference as written -> field name in that rule's events}.
-    """
-    id: str | None
-    title: str
-    type: str
-    rules: tuple[str, ...]
-    path: str = ""
-    name: str | None = None
-    group_by: tuple[str, ...] = ()
-    timespan_s: float = 0.0
-    timespan: str = ""                       # as written, e.g. "5m"
-    condition: dict[str, Any] = field(default_factory=dict)
-    expression: tuple | None = None
-    expression_text: str | None = None
-    aliases: dict[str, dict[str, str]] = field(default_factory=dict)
-    generate: bool = False
-    level: str | None = None
-    status: str | None = None
-    description: str | None = None
-    tags: tuple[str, ...] = ()
-    references: tuple[str, ...] = ()
-    author: str | None = None
-    date: str | None = None
-    falsepositives: tuple[str, ...] = ()
-
-    @property
-    def ops(self) -> dict[str, float]:
-        """The condition's operators and thresholds."""
-        return {k: v for k, v in self.condition.items() if k in CONDITION_OPS}
-
-    @property
-    def value_field(self) -> str | tuple[str, ...] | None:
-        return self.condition.get("field")
-
-    def meta(self) -> dict[str, Any]:
-        """The correlation's metadata as it appears in alerts (`rule` of a correlation alert)."""
-        return {
-            "id": self.id, "name": self.name, "title": self.title, "level": self.level,
-            "status": self.status, "tags": list(self.tags), "description": self.description,
-            "references": list(self.references), "author": self.author, "date": self.date,
-            "logsource": None, "falsepositives": list(self.falsepositives), "path": self.path,
-            "correlation_type": self.type,
-        }
-
-
-@dataclass
 class RuleError:
+    """A rule that does not load: where (file, 1-based line when known) and why."""
     path: str
     rule_id: str | None
     title: str | None
     reason: str
+    line: int | None = None
 
     def __str__(self) -> str:
         who = f"{self.title!r}" if self.title else "rule"
         if self.rule_id:
             who += f" [{self.rule_id}]"
-        return f"{self.path}: {who}: {self.reason}"
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {who}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "rule_id": self.rule_id, "title": self.title,
-                "reason": self.reason}
+        return {"path": self.path, "line": self.line, "rule_id": self.rule_id,
+                "title": self.title, "reason": self.reason}
 
 
 @dataclass
@@ -184,19 +134,6 @@ class FileResult:
         for item in (*self.rules, *self.correlations, *self.errors):
             item.path = path
         return self
-
-
-def rule_key(item: "Rule | Correlation | Mapping[str, Any]") -> str | None:
-    """How a rule or correlation (or an alert's `rule` dict) is identified in
-    `LoadedRules.suppressed`: its id, else "name:" + its name (None when it has neither:
-    nothing can refer to it)."""
-    if isinstance(item, Mapping):
-        rid, name = item.get("id"), item.get("name")
-    else:
-        rid, name = item.id, item.name
-    if rid:
-        return str(rid)
-    return f"name:{name}" if name else None
 
 
 @dataclass
@@ -309,7 +246,8 @@ def load_rules(
     correlations: list[Correlation] = []
     for f in files:
         _add(out, results[f].set_path(str(f)), selection, unselected, correlations)
-    _finish_correlations(out, unselected, correlations, selection or RuleSelection())
+    _finish_correlations(out, unselected, correlations, selection or RuleSelection(),
+                         lambda p: raw.get(Path(p)))
     if cache:
         cache.save()
     return out
@@ -363,7 +301,7 @@ def load_rule_text(text: str, *, placeholders: Placeholders | None = None,
     unselected: list[Rule] = []
     correlations: list[Correlation] = []
     _add(out, result.set_path(name), sel, unselected, correlations)
-    _finish_correlations(out, unselected, correlations, sel)
+    _finish_correlations(out, unselected, correlations, sel, {name: data}.get)
     return out
 
 
@@ -381,37 +319,20 @@ def _add(out: LoadedRules, result: FileResult, selection: RuleSelection | None,
 
 
 def _finish_correlations(out: LoadedRules, unselected: list[Rule], correlations: list[Correlation],
-                         selection: RuleSelection) -> None:
-    """Resolve the correlations; keep the selected ones and what they need; suppression."""
+                         selection: RuleSelection, source: Callable[[str], bytes | None]) -> None:
+    """Resolve the correlations; keep the selected ones and what they need; suppression.
+    `source(path)`: a rule file's bytes, read again only to locate correlation errors."""
     if not correlations:
         return
-    resolved, errors = resolve_correlations(out.rules + unselected, correlations)
+    resolved, errors = resolve_correlations(out.rules + unselected, correlations,
+                                            locate=_correlation_locator(source))
     out.errors.extend(errors)
-    index = _RefIndex(out.rules + unselected, resolved)
-    selected_rules = {id(r) for r in out.rules}
-    running = [c for c in resolved if selection.accepts_correlation(c)]
-    needed: dict[int, Correlation] = {id(c): c for c in running}
-    stack = list(running)
-    suppressed: set[str] = set()
-    while stack:
-        corr = stack.pop()
-        for ref in corr.rules:
-            (target,) = index.lookup(ref)
-            if isinstance(target, Correlation):
-                if id(target) not in needed:       # a helper: runs, never alerts itself
-                    needed[id(target)] = target
-                    stack.append(target)
-                    suppressed.add(rule_key(target) or "")
-            elif id(target) not in selected_rules:  # a helper rule
-                selected_rules.add(id(target))
-                out.rules.append(target)
-                out.skipped -= 1
-                suppressed.add(rule_key(target) or "")
-            if not corr.generate:
-                suppressed.add(rule_key(target) or "")
-    out.correlations = [c for c in resolved if id(c) in needed]
-    suppressed.discard("")
-    out.suppressed = frozenset(suppressed)
+    running, helpers, suppressed = plan_correlations(out.rules, unselected, resolved,
+                                                     selection.accepts_correlation)
+    out.rules.extend(helpers)
+    out.skipped -= len(helpers)
+    out.correlations = running
+    out.suppressed = suppressed
 
 
 def _salt(compiler: "_FileCompiler", raw: dict[Path, bytes], filters: list[Any]) -> str:
@@ -427,28 +348,29 @@ def _salt(compiler: "_FileCompiler", raw: dict[Path, bytes], filters: list[Any])
     return h.hexdigest()
 
 
-def _load_yaml_docs(path: str, data: bytes) -> tuple[list[dict], list[RuleError]]:
-    """The mapping documents of a YAML file; a syntax error keeps the documents before it."""
+def _load_yaml_docs(data: bytes, errs: "_Errors") -> list[tuple[int, dict]]:
+    """The mapping documents of a YAML file with their positions in it (0-based); a
+    syntax error keeps the documents before it."""
     docs: list[Any] = []
-    errors: list[RuleError] = []
     try:
         for d in yaml.load_all(data, Loader=_YamlLoader):
             docs.append(d)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark else None            # yaml's marks are 0-based
+        where = f" (line {line}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        errors.append(RuleError(path, None, None, f"invalid YAML{where}: {problem}"))
+        errs.add(None, None, f"invalid YAML{where}: {problem}", line=line)
     good = []
-    for i, d in enumerate(docs, 1):
+    for i, d in enumerate(docs):
         if d is None:
             continue
         if not isinstance(d, dict):
-            errors.append(RuleError(path, None, None,
-                                    f"YAML document {i} is a {type(d).__name__}, not a rule mapping"))
+            errs.add(None, None, f"YAML document {i + 1} is a {type(d).__name__}, not a rule mapping",
+                     doc=i)
             continue
-        good.append(d)
-    return good, errors
+        good.append((i, d))
+    return good
 
 
 def _collect_filters(raw: dict[Path, bytes]) -> tuple[list[Any], list[RuleError]]:
@@ -459,16 +381,17 @@ def _collect_filters(raw: dict[Path, bytes]) -> tuple[list[Any], list[RuleError]
     for f, data in raw.items():
         if not _FILTER_DOC.search(data):
             continue
-        docs, errs = _load_yaml_docs(str(f), data)
-        errors.extend(errs)
-        for d in docs:
+        errs = _Errors(str(f), data)
+        for i, d in _load_yaml_docs(data, errs):
             if "filter" not in d:
                 continue
             try:
                 filters.append(SigmaFilter.from_dict(d))
             except Exception as e:  # pySigma raises many exception types here
-                errors.append(RuleError(str(f), _s(d.get("id")), _s(d.get("title")),
-                                        f"invalid filter: {e}"))
+                reason, hint = _problem(e)
+                errs.add(_s(d.get("id")), _s(d.get("title")), f"invalid filter: {reason}",
+                         doc=i, hint=hint or ("filter",))
+        errors.extend(errs.located())
     return filters, errors
 
 
@@ -497,48 +420,49 @@ class _FileCompiler:
         from sigma.correlations import SigmaCorrelationRule
 
         result = FileResult()
-        docs, errors = _load_yaml_docs(path, data)
-        result.errors.extend(errors)
-        items: list[Any] = []
+        errs = _Errors(path, data)
+        docs = _load_yaml_docs(data, errs)
         # Correlations are parsed alone: their rule references may point to other files,
         # so they are resolved once the whole set is loaded (resolve_correlations).
-        for d in (d for d in docs if "correlation" in d):
-            item = self._parse_one(path, d, result, SigmaCorrelationRule.from_dict)
-            if item is not None:
-                self._compile_correlation(path, item, d, result)
-        rule_docs = [d for d in docs if "correlation" not in d and "filter" not in d]
+        for i, d in docs:
+            if "correlation" in d:
+                item = self._parse_one(d, i, errs, SigmaCorrelationRule.from_dict)
+                if item is not None:
+                    self._compile_correlation(item, d, i, errs, result)
+        rule_docs = [(i, d) for i, d in docs if "correlation" not in d and "filter" not in d]
+        items: list[tuple[Any, int | None]] = []
         if rule_docs:
             try:
-                items.extend(SigmaCollection.from_dicts(rule_docs, collect_errors=True).rules)
+                parsed = SigmaCollection.from_dicts([d for _, d in rule_docs], collect_errors=True).rules
+                # every document gives a rule but the collection actions `global` and `reset`
+                where = [i for i, d in rule_docs if d.get("action") in (None, "repeat")]
+                items.extend(zip(parsed, where if len(where) == len(parsed) else [None] * len(parsed)))
             except Exception:  # one bad document: parse each alone so the others still load
-                for d in rule_docs:
-                    items.append(self._parse_one(
-                        path, d, result,
+                for i, d in rule_docs:
+                    items.append((self._parse_one(
+                        d, i, errs,
                         lambda doc, collect_errors: SigmaCollection.from_dicts(
-                            [doc], collect_errors=collect_errors).rules[0]))
-        for item in items:
+                            [doc], collect_errors=collect_errors).rules[0]), i))
+        for item, i in items:
             if item is not None:
-                self._compile_item(path, item, result)
+                self._compile_item(item, i, errs, result)
+        result.errors = errs.located()
         return result
 
     @staticmethod
-    def _parse_one(path: str, doc: dict, result: FileResult, parse: Any) -> Any:
+    def _parse_one(doc: dict, index: int, errs: "_Errors", parse: Any) -> Any:
         try:
             return parse(doc, collect_errors=True)
         except Exception as e:  # pySigma raises many exception types here
-            result.errors.append(RuleError(path, _s(doc.get("id")), _s(doc.get("title")), _reason(e)))
+            reason, hint = _problem(e)
+            errs.add(_s(doc.get("id")), _s(doc.get("title")), reason, doc=index, hint=hint)
             return None
 
-    def _compile_item(self, path: str, item: Any, result: FileResult) -> None:
-        from sigma.correlations import SigmaCorrelationRule
-
+    def _compile_item(self, item: Any, index: int | None, errs: "_Errors", result: FileResult) -> None:
         rid, title = _s(item.id), item.title
         if item.errors:
             for e in item.errors:
-                result.errors.append(RuleError(path, rid, title, _reason(e)))
-            return
-        if isinstance(item, SigmaCorrelationRule):  # pragma: no cover - compile_file routes them
-            self._compile_correlation(path, item, {}, result)
+                errs.add(rid, title, *_problem(e), doc=index)
             return
         try:
             meta = _rule_meta(item)
@@ -547,26 +471,24 @@ class _FileCompiler:
             self.pipeline.apply(item)
             trees = [c.parse() for c in item.detection.parsed_condition]
             irs = [condition_to_ir(t, self.placeholders) for t in trees]
-        except IRError as e:
-            result.errors.append(RuleError(path, rid, title, str(e)))
-            return
-        except Exception as e:  # pySigma's own errors (SigmaError and others) carry the reason
-            result.errors.append(RuleError(path, rid, title, _reason(e)))
+        except Exception as e:  # IRError, pySigma's own errors (SigmaError and others)
+            errs.add(rid, title, *_problem(e), doc=index)
             return
         ir = irs[0] if len(irs) == 1 else ("or", tuple(irs))
         result.rules.append(Rule(ir=ir, **meta))
 
     @staticmethod
-    def _compile_correlation(path: str, item: Any, doc: dict, result: FileResult) -> None:
+    def _compile_correlation(item: Any, doc: dict, index: int, errs: "_Errors",
+                             result: FileResult) -> None:
         rid, title = _s(item.id), item.title
         if item.errors:
             for e in item.errors:
-                result.errors.append(RuleError(path, rid, title, _reason(e)))
+                errs.add(rid, title, *_problem(e), doc=index)
             return
         try:
-            result.correlations.append(_correlation_of(item, doc))
+            result.correlations.append(correlation_of(item, doc, _base_meta(item)))
         except ValueError as e:
-            result.errors.append(RuleError(path, rid, title, str(e)))
+            errs.add(rid, title, str(e), doc=index, hint=("generate",))
 
 
 def _base_meta(rule: Any) -> dict[str, Any]:
@@ -593,226 +515,175 @@ def _rule_meta(rule: Any) -> dict[str, Any]:
     return {**_base_meta(rule), "logsource": logsource}
 
 
-def _number_as_written(raw: Any, parsed: Any) -> Any:
-    """The threshold as the rule writes it (pySigma makes it an int)."""
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
-        return raw
-    return parsed
 
+# ------------------------------------------------------------------ error reasons and lines
 
-def _expression_tree(node: Any) -> tuple:
-    """pySigma's extended-condition parse tree -> plain nested tuples (picklable)."""
-    from sigma.correlations import (CorrelationConditionAND, CorrelationConditionNOT,
-                                    CorrelationConditionOR, SigmaRuleReference)
-    if isinstance(node, SigmaRuleReference):
-        return ("rule", str(node.reference))
-    if isinstance(node, CorrelationConditionNOT):
-        return ("not", _expression_tree(node.args[0]))
-    if isinstance(node, CorrelationConditionAND):
-        return ("and", tuple(_expression_tree(a) for a in node.args))
-    if isinstance(node, CorrelationConditionOR):
-        return ("or", tuple(_expression_tree(a) for a in node.args))
-    raise ValueError(f"unsupported correlation condition element {type(node).__name__}")
+# Where in a rule's YAML document an error is, from the top: a key, or an item of a list
+# (str); or a predicate on keys and scalar values, searched below (depth first).
+Hint = tuple[Any, ...]
 
-
-def _correlation_of(item: Any, doc: dict) -> Correlation:
-    """A parsed pySigma correlation (and its YAML document) -> Correlation."""
-    from sigma.correlations import SigmaExtendedCorrelationCondition
-
-    section = doc.get("correlation") if isinstance(doc.get("correlation"), dict) else {}
-    generate = item.generate
-    if "generate" in doc:
-        top = doc["generate"]
-        if not isinstance(top, bool):
-            raise ValueError("generate must be true or false")
-        if "generate" in section and section["generate"] != top:
-            raise ValueError("generate is given twice (top level and correlation section) "
-                             "with different values")
-        generate = top
-    cond = item.condition
-    expression = expression_text = None
-    if isinstance(cond, SigmaExtendedCorrelationCondition):
-        condition: dict[str, Any] = {}
-        expression, expression_text = _expression_tree(cond.parsed), cond.expression
-        refs = tuple(str(r.reference) for r in item.rules) if item.rules is not None \
-            else tuple(cond.get_referenced_rules())
-    else:
-        op = cond.op.name.lower()
-        raw = section.get("condition") if isinstance(section.get("condition"), dict) else {}
-        condition = {op: _number_as_written(raw.get(op), cond.count)}
-        if cond.fieldref is not None:
-            condition["field"] = (cond.fieldref if isinstance(cond.fieldref, str)
-                                  else tuple(str(f) for f in cond.fieldref))
-        if cond.percentile is not None:
-            condition["percentile"] = _number_as_written(raw.get("percentile"), cond.percentile)
-        refs = tuple(str(r.reference) for r in item.rules or ())
-    aliases = {str(a): {str(k): str(v) for k, v in m.items()}
-               for a, m in item.aliases.to_dict().items()}
-    meta = _base_meta(item)
-    return Correlation(
-        type=item.type.name.lower(), rules=refs, group_by=tuple(item.group_by or ()),
-        timespan_s=float(item.timespan.seconds), timespan=str(item.timespan.spec),
-        condition=condition, expression=expression, expression_text=expression_text,
-        aliases=aliases, generate=bool(generate), **meta)
-
-
-# ------------------------------------------------------------------ resolving correlations
-
-def _canonical_ref(ref: str) -> tuple[str, str]:
-    """("id", canonical uuid) for a reference in UUID form, else ("name", ref)."""
-    try:
-        return "id", str(uuid.UUID(ref))
-    except (ValueError, AttributeError, TypeError):
-        return "name", ref
-
-
-class _RefIndex:
-    """Rules and correlations by id and by name."""
-
-    def __init__(self, rules: Sequence[Rule], correlations: Sequence[Correlation]):
-        self.by: dict[tuple[str, str], list[Rule | Correlation]] = {}
-        for item in (*rules, *correlations):
-            if item.id:
-                self.by.setdefault(("id", _canonical_ref(item.id)[1]), []).append(item)
-            if item.name:
-                self.by.setdefault(("name", item.name), []).append(item)
-
-    def lookup(self, ref: str) -> list[Rule | Correlation]:
-        found = self.by.get(_canonical_ref(ref), [])
-        return list({id(x): x for x in found}.values())
-
-
-def _expression_refs(tree: tuple) -> list[str]:
-    if tree[0] == "rule":
-        return [tree[1]]
-    if tree[0] == "not":
-        return _expression_refs(tree[1])
-    return [r for sub in tree[1] for r in _expression_refs(sub)]
-
-
-def _check_correlation(c: Correlation) -> str | None:
-    """What is wrong with a correlation on its own (without its references), or None."""
-    if c.type not in CORRELATION_TYPES:
-        return f"unknown correlation type {c.type!r} (one of {', '.join(CORRELATION_TYPES)})"
-    if not c.rules:
-        return "no rules to correlate"
-    if not c.timespan_s or c.timespan_s <= 0:
-        return "timespan must be greater than zero"
-    unknown = [k for k in c.condition if k not in CONDITION_OPS and k not in ("field", "percentile")]
-    if unknown:
-        return f"unknown condition operator(s) {', '.join(map(str, unknown))} (one of {', '.join(CONDITION_OPS)})"
-    for op, th in c.ops.items():
-        if isinstance(th, bool) or not isinstance(th, (int, float)) or not math.isfinite(th):
-            return f"condition {op}: {th!r} is not a number"
-    if c.expression is not None:
-        if c.type not in TEMPORAL_TYPES:
-            return "an extended condition (rule expression) is only for temporal correlations"
-        if c.ops:
-            return "both an extended condition and a count condition"
-        if set(_expression_refs(c.expression)) != set(c.rules):
-            return "the extended condition must name exactly the correlation's rules"
-    elif not c.ops:
-        return "condition needs one of " + ", ".join(CONDITION_OPS)
-    fld = c.value_field
-    if c.type in VALUE_TYPES:
-        if fld is None or fld == "" or fld == ():
-            return f"{c.type} needs condition.field"
-        if not isinstance(fld, str) and c.type != "value_count":
-            return f"{c.type} takes one field in condition.field, not a list"
-    if c.type == "value_percentile":
-        p = c.condition.get("percentile")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 100:
-            return "value_percentile needs condition.percentile between 0 and 100"
-    return None
-
-
-def resolve_correlations(rules: Sequence[Rule], correlations: Sequence[Correlation],
-                         ) -> tuple[list[Correlation], list[RuleError]]:
-    """Check correlations against the whole loaded rule set (run after loading everything).
-
-    Returns the correlations that can run, in the given order, and one located error per
-    correlation that cannot: invalid type/operator/field, unknown or ambiguous reference,
-    a rule listed twice, an alias for a rule outside `rules`, a reference cycle, or a
-    reference to a correlation that itself has errors. Pure: the records are not changed.
-    """
-    index = _RefIndex(rules, correlations)
-    errors: dict[int, str] = {}
-    targets: dict[int, list[Rule | Correlation]] = {}
-    for c in correlations:
-        problem = _check_correlation(c)
-        resolved: list[Rule | Correlation] = []
-        for ref in c.rules if problem is None else ():
-            found = index.lookup(ref)
-            if not found:
-                problem = f"unknown rule reference {ref!r} (no rule or correlation has this id or name)"
-            elif len(found) > 1:
-                problem = f"ambiguous rule reference {ref!r}: {len(found)} rules have this id or name"
-            elif any(found[0] is t for t in resolved):
-                problem = f"rule {ref!r} is listed twice"
-            if problem:
-                break
-            resolved.append(found[0])
-        for alias, mapping in (c.aliases.items() if problem is None else ()):
-            for ref in mapping:
-                found = index.lookup(ref)
-                if len(found) != 1 or not any(found[0] is t for t in resolved):
-                    problem = (f"alias {alias!r} maps rule {ref!r}, which is not among the "
-                               f"correlation's rules")
-                    break
-            if problem:
-                break
-        for g in (c.group_by if problem is None else ()):
-            if not isinstance(g, str) or not g:
-                problem = f"invalid group-by field {g!r}"
-                break
-        if problem:
-            errors[id(c)] = problem
-        else:
-            targets[id(c)] = resolved
-    # cycles: depth-first over correlation -> correlation edges
-    state: dict[int, int] = {}   # 1 on the current path, 2 done
-
-    def visit(c: Correlation, path: list[Correlation]) -> None:
-        state[id(c)] = 1
-        path.append(c)
-        for t in targets.get(id(c), ()):
-            if not isinstance(t, Correlation):
-                continue
-            if state.get(id(t)) == 1:
-                cycle = path[next(i for i, x in enumerate(path) if x is t):]
-                names = " -> ".join(_label(x) for x in [*cycle, t])
-                for x in cycle:
-                    errors.setdefault(id(x), f"reference cycle: {names}")
-            elif state.get(id(t)) is None:
-                visit(t, path)
-        path.pop()
-        state[id(c)] = 2
-
-    for c in correlations:
-        if state.get(id(c)) is None:
-            visit(c, [])
-    changed = True   # a correlation built on a broken one cannot run either
-    while changed:
-        changed = False
-        for c in correlations:
-            if id(c) in errors:
-                continue
-            bad = next((t for t in targets[id(c)] if isinstance(t, Correlation) and id(t) in errors), None)
-            if bad is not None:
-                errors[id(c)] = f"references correlation {_label(bad)}, which has errors"
-                changed = True
-    ok = [c for c in correlations if id(c) not in errors]
-    errs = [RuleError(c.path, c.id, c.title, errors[id(c)]) for c in correlations if id(c) in errors]
-    return ok, errs
-
-
-def _label(c: Correlation) -> str:
-    return repr(c.name or c.id or c.title)
+_KEY_OF_ERROR: dict[str, Hint] = {  # pySigma's exception classes -> the key they are about
+    **{f"Sigma{k}Error": (k.lower(),) for k in (
+        "Title", "Name", "Status", "Level", "Date", "Modified", "Description", "Author",
+        "References", "Related", "FalsePositives", "Fields", "License", "Scope", "Logsource",
+        "Detection")},
+    **dict.fromkeys(("SigmaModifierError", "SigmaValueError", "SigmaRegularExpressionError",
+                     "SigmaTypeError", "SigmaPlaceholderError", "IRError"), ("detection",)),
+    "SigmaIdentifierError": ("id",), "SigmaTagError": ("tags",),
+    "SigmaConditionError": ("detection", "condition"),
+    "SigmaCorrelationTypeError": ("correlation", "type"),
+    "SigmaTimespanError": ("correlation", "timespan"),
+    "SigmaCorrelationConditionError": ("correlation", "condition"),
+    "SigmaCorrelationRuleError": ("correlation",),
+    "SigmaFilterError": ("filter",), "SigmaFilterConditionError": ("filter", "condition"),
+    "SigmaFilterRuleReferenceError": ("filter", "rules"),
+}
+_UNKNOWN_MODIFIER = re.compile(r"Unknown modifier '([^']*)'")
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)+)'|(%[^%\s]+%)")
 
 
 def _reason(e: Exception) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0] if len(text) > 500 else text
+
+
+def _problem(e: Exception) -> tuple[str, Hint]:
+    """An exception from parsing or compiling a rule -> (reason, where in the document)."""
+    reason = _reason(e)
+    hint = next((_KEY_OF_ERROR[c.__name__] for c in type(e).__mro__ if c.__name__ in _KEY_OF_ERROR), ())
+    m = _UNKNOWN_MODIFIER.search(reason)
+    if m:
+        from sigma.modifiers import modifier_mapping
+
+        name = m.group(1)
+        close = difflib.get_close_matches(name.lower(), sorted(modifier_mapping), n=1)
+        if close:
+            reason += f" (did you mean {close[0]!r}?)"
+        return reason, ("detection", lambda key: name in key.split("|")[1:])
+    q = _QUOTED.search(reason)
+    if q and hint == ("detection",):   # the value or field named in the reason
+        text = q.group(1) or q.group(2)
+        return reason, (*hint, lambda s: text in s)
+    return reason, hint
+
+
+class _Errors:
+    """One file's errors. Lines not known when an error is added are read once, when the
+    file is done (`located`), and only if there is such an error."""
+
+    def __init__(self, path: str, data: bytes):
+        self.path, self.data = path, data
+        self.items: list[RuleError] = []
+        self.pending: list[tuple[RuleError, int | None, Hint]] = []
+
+    def add(self, rule_id: str | None, title: str | None, reason: str, hint: Hint = (), *,
+            doc: int | None = None, line: int | None = None) -> None:
+        err = RuleError(self.path, rule_id, title, reason, line)
+        self.items.append(err)
+        if line is None:
+            self.pending.append((err, doc, hint))
+
+    def located(self) -> list[RuleError]:
+        if self.pending:
+            lines = _Lines(self.data)
+            for err, doc, hint in self.pending:
+                err.line = lines.find(hint, doc=doc, rule_id=err.rule_id, title=err.title)
+            self.pending = []
+        return self.items
+
+
+class _Lines:
+    """A file's YAML documents as nodes with marks (composed once, only to locate errors)."""
+
+    def __init__(self, data: bytes):
+        self.docs: list[yaml.Node] = []
+        try:
+            for node in yaml.compose_all(data, Loader=_YamlLoader):
+                self.docs.append(node)
+        except yaml.YAMLError:  # the documents before a syntax error keep their lines
+            pass
+
+    def find(self, hint: Hint, *, doc: int | None = None, rule_id: str | None = None,
+             title: str | None = None, name: str | None = None) -> int | None:
+        """1-based line of the deepest key of `hint` found in the document (given by its
+        position, else by its id, name or title); its first line if none is; None
+        without the document."""
+        node = self.docs[doc] if doc is not None and doc < len(self.docs) else self._by_meta(
+            rule_id, name, title)
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for step in hint:
+            found = _child(node, step) if isinstance(step, str) else _search(node, step, set())
+            if found is None:
+                break
+            key, node = found
+            line = key.start_mark.line + 1
+        return line
+
+    def _by_meta(self, rule_id: str | None, name: str | None, title: str | None) -> yaml.Node | None:
+        for key, want in (("id", rule_id), ("name", name), ("title", title)):
+            if want is None:
+                continue
+            for d in self.docs:
+                found = _child(d, key)
+                if found is not None and isinstance(found[1], yaml.ScalarNode) and found[1].value == want:
+                    return d
+        return None
+
+
+def _child(node: yaml.Node, step: str) -> tuple[yaml.Node, yaml.Node] | None:
+    """(key, value) of a mapping's key `step`, or (item, item) of a list's scalar `step`."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == step:
+                return k, v
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            if isinstance(v, yaml.ScalarNode) and v.value == step:
+                return v, v
+    return None
+
+
+def _search(node: yaml.Node, pred: Callable[[str], bool], seen: set[int],
+            ) -> tuple[yaml.Node, yaml.Node] | None:
+    """The first key or scalar below `node`, in file order, that `pred` accepts."""
+    if id(node) in seen:   # an alias seen before
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        return (node, node) if pred(node.value) else None
+    children = node.value if isinstance(node, yaml.MappingNode) else [(None, v) for v in node.value]
+    for k, v in children:
+        if isinstance(k, yaml.ScalarNode) and pred(k.value):
+            return k, v
+        found = _search(v, pred, seen)
+        if found is not None:
+            return found
+    return None
+
+
+def _correlation_locator(source: Callable[[str], bytes | None]) -> Callable[[Correlation, KeyPath], int | None]:
+    """Lines of correlation errors found after loading: each file read and composed once."""
+    files: dict[str, _Lines | None] = {}
+
+    def locate(c: Correlation, where: KeyPath) -> int | None:
+        if c.path not in files:
+            data = source(c.path)
+            files[c.path] = _Lines(data) if data is not None else None
+        lines = files[c.path]
+        return lines.find(where, rule_id=c.id, name=c.name, title=c.title) if lines else None
+    return locate
+
+
+def rule_line(path: str | Path, rule_id: str | None, title: str | None = None) -> int | None:
+    """The 1-based line where a rule's YAML document starts (found by id, else title);
+    None when the file or the rule is not there. Reads the file: for error messages."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return _Lines(data).find((), rule_id=rule_id, title=title)
 
 
 def _s(v: Any) -> str | None:

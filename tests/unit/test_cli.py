@@ -221,6 +221,11 @@ def test_check_reports_one_line_per_problem_naming_the_file(tmp_path):
     assert sum(str(tmp_path / "multi.yml") in e and "bad modifier" in e for e in errors) == 1
     assert sum(str(tmp_path / "multi.yml") in e and "bad regex" in e for e in errors) == 1
     assert any("line 2" in e for e in errors)
+    # path:line: 'title' [id]: reason, the line of the offending key (1-based)
+    assert f"error: {tmp_path / 'bad_yaml.yml'}:2: rule: invalid YAML (line 2," in result.stdout
+    multi = (tmp_path / "multi.yml").read_text().splitlines()
+    mod_line = next(i for i, t in enumerate(multi, 1) if "A|nosuchmod" in t)
+    assert any(e.startswith(f"error: {tmp_path / 'multi.yml'}:{mod_line}: 'bad modifier' [") for e in errors)
     assert "3 rule(s) compiled" in result.stdout  # good, fine in multi, deprecated (check sees all)
 
 

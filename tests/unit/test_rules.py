@@ -98,17 +98,25 @@ def test_rule_meta_is_taken_from_the_rule(tmp_path):
 
 # ------------------------------------------------------------------ broken rules
 
-BAD_RULES = {
-    "unknown modifier": ({"sel": {"CommandLine|nosuchmodifier": "x"}}, "nosuchmodifier"),
-    "undefined identifier": ({"sel": {"A": "x"}, "condition": "sel and missing_sel"}, "missing_sel"),
-    "bad condition syntax": ({"sel": {"A": "x"}, "condition": "sel and and ("}, ""),
-    "invalid regex": ({"sel": {"A|re": "a(b"}}, "a(b"),
+BAD_RULES = {  # detection, part of the reason, text of the line the error points at
+    "unknown modifier": ({"sel": {"CommandLine|nosuchmodifier": "x"}}, "nosuchmodifier",
+                         "CommandLine|nosuchmodifier:"),
+    "undefined identifier": ({"sel": {"A": "x"}, "condition": "sel and missing_sel"}, "missing_sel",
+                             "condition: sel and missing_sel"),
+    "bad condition syntax": ({"sel": {"A": "x"}, "condition": "sel and and ("}, "", "condition: sel and and"),
+    "invalid regex": ({"sel": {"A|re": "a(b"}}, "a(b", "A|re:"),
 }
+
+
+def line_of(path: Path, needle: str) -> int:
+    """1-based number of the only line of `path` holding `needle`."""
+    (n,) = [i for i, text in enumerate(path.read_text().splitlines(), 1) if needle in text]
+    return n
 
 
 @pytest.mark.parametrize("kind", list(BAD_RULES))
 def test_broken_rule_reported_once_with_path_id_title_and_others_load(tmp_path, kind):
-    detection, reason_part = BAD_RULES[kind]
+    detection, reason_part, at = BAD_RULES[kind]
     bad_id = str(uuid.uuid4())
     same = write(tmp_path / "same.yml", "---\n".join([
         rule_yaml(title="before"),
@@ -126,10 +134,10 @@ def test_broken_rule_reported_once_with_path_id_title_and_others_load(tmp_path, 
     assert err.rule_id == bad_id
     assert err.title == "the broken one"
     assert reason_part in err.reason
-    text = str(err)
-    assert str(same) in text and bad_id in text and "the broken one" in text
-    assert err.to_dict() == {"path": str(same), "rule_id": bad_id, "title": "the broken one",
-                             "reason": err.reason}
+    assert err.line == line_of(same, at)
+    assert str(err) == f"{same}:{err.line}: 'the broken one' [{bad_id}]: {err.reason}"
+    assert err.to_dict() == {"path": str(same), "line": err.line, "rule_id": bad_id,
+                             "title": "the broken one", "reason": err.reason}
 
 
 def test_bad_yaml_reports_line_number_and_other_files_load(tmp_path):
@@ -152,22 +160,32 @@ def test_bad_yaml_reports_line_number_and_other_files_load(tmp_path):
 def test_bad_yaml_line_numbers_are_one_based(text, line):
     (err,) = load_rule_text(text, name="f.yml").errors
     assert f"(line {line}," in err.reason
+    assert err.line == line and str(err).startswith(f"f.yml:{line}: rule: invalid YAML")
 
 
 def test_bad_yaml_in_later_document_keeps_earlier_documents(tmp_path):
-    f = write(tmp_path / "multi.yml", rule_yaml(title="first, valid") + "---\ntitle: x\n  bad: [\n")
+    first = rule_yaml(title="first, valid")
+    f = write(tmp_path / "multi.yml", first + "---\ntitle: x\n  bad: [\n")
     loaded = load_rules([f], use_cache=False)
-    assert len(loaded.errors) == 1
+    (err,) = loaded.errors
     assert titles(loaded) == ["first, valid"]
+    # the line in the file (not in the document; yaml counts from 0): `  bad: [`
+    bad_line = len(first.splitlines()) + 3
+    assert err.line == bad_line == line_of(f, "  bad: [")
+    assert f"(line {bad_line}, column 6)" in err.reason
+    assert str(err).startswith(f"{f}:{bad_line}: rule: invalid YAML")
+    assert err.to_dict()["line"] == bad_line
 
 
 @pytest.mark.parametrize("doc, kind", [("- a\n- b\n", "list"), ("just a string\n", "str"), ("42\n", "int")])
 def test_non_mapping_document_is_an_error_and_siblings_load(tmp_path, doc, kind):
-    f = write(tmp_path / "r.yml", rule_yaml(title="one") + "---\n" + doc + "---\n" + rule_yaml(title="two"))
+    one = rule_yaml(title="one")
+    f = write(tmp_path / "r.yml", one + "---\n" + doc + "---\n" + rule_yaml(title="two"))
     loaded = load_rules([f], use_cache=False)
     assert titles(loaded) == ["one", "two"]
     (err,) = loaded.errors
     assert err.path == str(f)
+    assert err.line == len(one.splitlines()) + 2   # where the document starts
     assert "document 2" in err.reason and kind in err.reason
 
 
@@ -175,6 +193,35 @@ def test_empty_documents_are_ignored(tmp_path):
     f = write(tmp_path / "r.yml", "---\n---\n" + rule_yaml(title="only") + "---\n")
     loaded = load_rules([f], use_cache=False)
     assert titles(loaded) == ["only"] and loaded.errors == []
+
+
+def test_unknown_modifier_points_at_its_key_and_suggests_the_closest_modifier(tmp_path):
+    bad = rule_yaml({"sel": {"Image|endswith": "x.exe", "CommandLine|contans": "evil"}},
+                    title="typo", rule_id="99999999-9999-4999-8999-999999999999")
+    f = write(tmp_path / "r.yml", rule_yaml(title="fine") + "---\n" + bad)
+    (err,) = load_rules([f], use_cache=False).errors
+    assert err.reason == "Unknown modifier 'contans' (did you mean 'contains'?)"
+    assert err.line == line_of(f, "CommandLine|contans:")
+    assert str(err) == (f"{f}:{err.line}: 'typo' [99999999-9999-4999-8999-999999999999]: "
+                        "Unknown modifier 'contans' (did you mean 'contains'?)")
+    (err,) = load_rule_text(rule_yaml({"sel": {"A|zzzzzz": "x"}})).errors
+    assert "did you mean" not in err.reason     # nothing close: no suggestion
+
+
+def test_bad_condition_points_at_the_condition_key(tmp_path):
+    bad = rule_yaml({"sel": {"A": "x"}, "other": {"B": "y"}, "condition": "sel or or other"},
+                    title="bad cond")
+    f = write(tmp_path / "r.yml", rule_yaml(title="fine") + "---\n" + bad)
+    (err,) = load_rules([f], use_cache=False).errors
+    assert err.title == "bad cond" and err.line == line_of(f, "condition: sel or or other")
+
+
+def test_errors_without_a_known_key_point_at_the_document_start(tmp_path):
+    first = rule_yaml(title="fine")
+    f = write(tmp_path / "r.yml", first + "---\n" + yaml.safe_dump(
+        {"title": "no det", "id": str(uuid.uuid4()), "logsource": {"product": "x"}}, sort_keys=False))
+    (err,) = load_rules([f], use_cache=False).errors
+    assert err.title == "no det" and err.line == len(first.splitlines()) + 2
 
 
 def test_rule_without_detection_is_an_error(tmp_path):
@@ -619,6 +666,8 @@ def test_unknown_reference_is_a_located_error_and_the_rest_loads(tmp_path):
     assert (err.path, err.rule_id, err.title) == (str(tmp_path / "c.yml"),
                                                   "55555555-5555-5555-5555-555555555555", "bad")
     assert "no_such_rule" in err.reason and "unknown" in err.reason
+    assert err.line == line_of(tmp_path / "c.yml", "- no_such_rule")   # the reference itself
+    assert str(err).startswith(f"{tmp_path / 'c.yml'}:{err.line}: 'bad' [55555555-")
 
 
 def test_reference_cycle_is_an_error_and_so_is_what_builds_on_it(tmp_path):
@@ -632,6 +681,11 @@ def test_reference_cycle_is_an_error_and_so_is_what_builds_on_it(tmp_path):
     reasons = {e.title: e.reason for e in loaded.errors}
     assert set(reasons) == {"a", "b", "c", "self"}
     assert "cycle" in reasons["a"] and "cycle" in reasons["b"] and "cycle" in reasons["self"]
+    lines = {e.title: e.line for e in loaded.errors}
+    f = tmp_path / "c.yml"
+    # each points at its reference that leads into the cycle (or to the broken correlation)
+    to_a = [i for i, t in enumerate(f.read_text().splitlines(), 1) if t.endswith("- corr_a")]
+    assert lines == {"a": line_of(f, "- corr_b"), "b": to_a[0], "c": to_a[1], "self": line_of(f, "- me")}
     assert "'corr_a'" in reasons["c"] and "has errors" in reasons["c"]
 
 

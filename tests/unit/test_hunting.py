@@ -1,0 +1,212 @@
+"""sigstream.hunting / sigstream.hunt_jobs: `hunt --jobs N` gives `--jobs 1`'s output, byte for byte."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import re
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from sigstream import hunt_jobs
+from sigstream.cli import main
+from sigstream.connectors.readers import find_event_files
+from sigstream.connectors.sinks import JsonlSink
+from sigstream.hunting import hunt_files
+from sigstream.stream.correlation_stage import correlation_stages
+from sigstream.stream.detector import Detector
+from sigstream.stream.engine import Engine
+from sigstream.stream.enrich import enrich
+from sigstream.stream.rules import load_rules
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "sigma_rules"
+SAMPLES = REPO / "samples"
+PS = "Microsoft-Windows-PowerShell/Operational"
+SYSMON = "Microsoft-Windows-Sysmon/Operational"
+CLOCK = functools.partial(float, 1_790_000_000.0)    # a fixed, picklable processing time
+
+ENC_ID = "11111111-1111-4111-8111-111111111111"
+AMSI_ID = "22222222-2222-4222-8222-222222222222"
+TEST_RULES = textwrap.dedent(f"""
+    title: encoded command
+    id: {ENC_ID}
+    status: test
+    level: high
+    logsource: {{product: windows, category: process_creation}}
+    detection:
+      sel: {{CommandLine|contains: '-enc'}}
+      condition: sel
+    ---
+    title: AMSI utils in a script block
+    id: {AMSI_ID}
+    status: test
+    level: critical
+    logsource: {{product: windows, category: ps_script}}
+    detection:
+      sel: {{ScriptBlockText|contains: 'AmsiUtils'}}
+      condition: sel
+    ---
+    title: encoded burst
+    id: 33333333-3333-4333-8333-333333333333
+    correlation:
+      type: event_count
+      rules: [{ENC_ID}]
+      group-by: [Computer]
+      timespan: 5m
+      generate: true
+      condition: {{gte: 3}}
+    ---
+    title: encoded then amsi
+    id: 44444444-4444-4444-8444-444444444444
+    correlation:
+      type: temporal_ordered
+      rules: [{ENC_ID}, {AMSI_ID}]
+      group-by: [Computer]
+      timespan: 10m
+      generate: true
+""")
+
+
+def detector(rule_paths) -> Detector:
+    loaded = load_rules([str(p) for p in rule_paths], use_cache=True)
+    return Detector(Engine(loaded.rules, enrich=enrich),
+                    stages=correlation_stages(loaded.correlations, loaded.suppressed, lateness_s=math.inf))
+
+
+def hunt(files, rule_paths, jobs, **kw) -> tuple[bytes, list[dict], object]:
+    out, errors = io.BytesIO(), []
+    stats = hunt_files(files, detector(rule_paths), JsonlSink(out), clock=CLOCK, jobs=jobs,
+                       on_error=lambda e: errors.append(e.to_dict()), **kw)
+    return out.getvalue(), errors, stats
+
+
+def ts(second: int) -> str:
+    return f"2026-11-24T10:{second // 60:02d}:{second % 60:02d}.000000Z"
+
+
+def generated_events(tmp_path: Path) -> Path:
+    """Process launches (bursts for the correlation), script blocks split in 2-3 fragments
+    lying far apart (so across task boundaries), one block never completed, bad lines."""
+    lines: list[bytes] = []
+    pending: list[tuple[int, dict]] = []   # (line index to insert at, fragment)
+    for i in range(900):
+        host = f"WKS-{i % 4}"
+        if i % 7 == 0:
+            cmd = "powershell -enc SQBFAFgA" if i % 3 else "cmd /c dir"
+            lines.append(orjson.dumps({"EventID": 1, "Channel": SYSMON, "Computer": host,
+                                       "EventRecordID": i, "TimeCreated": ts(i),
+                                       "Image": "C:\\Windows\\powershell.exe", "CommandLine": cmd}))
+        elif i % 97 == 5:
+            block = f"{{block-{i}}}"
+            total = 3 if i % 2 else 2
+            parts = ["$a=[Ref].Assembly.GetType('System.Management.Automation.Ams", "iUtils')", "; $a"][:total]
+            for n, text in enumerate(parts, 1):
+                frag = {"EventID": 4104, "Channel": PS, "Computer": host, "EventRecordID": 10_000 + i * 10 + n,
+                        "TimeCreated": ts(i), "MessageNumber": n, "MessageTotal": total,
+                        "ScriptBlockId": block, "ScriptBlockText": ("#" * 400 + "\n") * (n == 1) + text}
+                pending.append((i + 60 * (n - 1) + (0 if n == 1 else 1), frag))
+        elif i == 333:
+            lines.append(b'{"EventID": 1, "Channel": broken')
+        else:
+            lines.append(orjson.dumps({"EventID": 4688, "Channel": "Security", "Computer": host,
+                                       "EventRecordID": i, "TimeCreated": ts(i),
+                                       "NewProcessName": "C:\\Windows\\notepad.exe", "Padding": "x" * 200}))
+    lines.append(orjson.dumps({"EventID": 4104, "Channel": PS, "Computer": "WKS-9", "EventRecordID": 1,
+                               "TimeCreated": ts(5), "MessageNumber": 1, "MessageTotal": 2,
+                               "ScriptBlockId": "{never-finished}", "ScriptBlockText": "AmsiUtils"}))
+    for at, frag in sorted(pending, key=lambda p: p[0], reverse=True):
+        lines.insert(min(at, len(lines)), orjson.dumps(frag))
+    lines.insert(10, b"")   # a blank line
+    path = tmp_path / "generated.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.fixture
+def rules(tmp_path):
+    path = tmp_path / "rules.yml"
+    path.write_text(TEST_RULES)
+    return [path]
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_generated_file_with_split_blocks_and_correlations_same_bytes(tmp_path, rules, jobs):
+    events = generated_events(tmp_path)
+    one, errors_one, stats_one = hunt([events], rules, 1)
+    many, errors_many, stats_many = hunt([events], rules, jobs, chunk_bytes=4096)
+    alerts = [json.loads(x) for x in one.splitlines()]
+    titles = {a["rule"]["title"] for a in alerts}
+    assert {"encoded command", "AMSI utils in a script block", "encoded burst", "encoded then amsi"} <= titles
+    assert any(a["event"].get("sigstream_Reassembled") for a in alerts)
+    assert any(a["event"].get("sigstream_Incomplete") for a in alerts)       # the end-of-input flush
+    assert errors_one and errors_one == errors_many                          # the broken line, same place
+    assert many == one
+    assert (stats_many.events, stats_many.alerts, stats_many.unreadable) == \
+        (stats_one.events, stats_one.alerts, stats_one.unreadable)
+
+
+def test_plan_covers_the_file_at_line_boundaries(tmp_path):
+    events = generated_events(tmp_path)
+    data = events.read_bytes()
+    tasks = list(hunt_jobs.plan([events], 4096))
+    assert len(tasks) > 10 and tasks[0].start == 0 and tasks[-1].end == len(data) and tasks[-1].last
+    for a, b in zip(tasks, tasks[1:]):
+        assert a.end == b.start and data[b.start - 1:b.start] == b"\n"
+        assert b.line == data[:b.start].count(b"\n") + 1
+    assert math.isclose(sum(t.part for t in tasks), 1.0)
+
+
+def test_samples_and_project_rules_same_bytes():
+    files = find_event_files([SAMPLES])
+    one, _, _ = hunt(files, [RULES], 1)
+    many, _, _ = hunt(files, [RULES], 3, chunk_bytes=2048)
+    assert one and many == one
+
+
+def test_spawn_start_method_gives_the_same_bytes(tmp_path, rules):
+    events = generated_events(tmp_path)
+    one, _, _ = hunt([events], rules, 1)
+    spawned, _, _ = hunt([events], rules, 2, chunk_bytes=16384, start_method="spawn")
+    assert spawned == one
+
+
+def test_small_input_runs_in_one_process(tmp_path, rules, monkeypatch):
+    monkeypatch.setattr(hunt_jobs, "hunt_parallel", lambda *a, **k: pytest.fail("went parallel"))
+    events = generated_events(tmp_path)
+    hunt([events], rules, 4, min_parallel_bytes=10 << 20)
+
+
+def test_progress_shares_add_up_per_file(tmp_path, rules):
+    events = generated_events(tmp_path)
+    shares: dict[Path, float] = {}
+    done = []
+    hunt([events, SAMPLES / "benign-baseline.jsonl"], rules, 2, chunk_bytes=4096,
+         on_progress=lambda f, s: shares.__setitem__(f, shares.get(f, 0.0) + s),
+         on_file_done=done.append)
+    assert done == [events, SAMPLES / "benign-baseline.jsonl"]
+    assert all(math.isclose(s, 1.0) for s in shares.values())
+
+
+def _without_detected_at(out: bytes) -> bytes:
+    return re.sub(rb'"detected_at":"[^"]*"', b'"detected_at":""', out)
+
+
+def test_cli_jobs_1_and_3_same_output(tmp_path, rules, monkeypatch):
+    monkeypatch.setattr(hunt_jobs, "CHUNK_BYTES", 4096)
+    events = generated_events(tmp_path)
+    runs = {}
+    for jobs in (1, 3):
+        errs = tmp_path / f"errors-{jobs}.jsonl"
+        result = CliRunner().invoke(main, ["hunt", "-r", str(rules[0]), str(events), str(SAMPLES),
+                                           "-f", "jsonl", "--jobs", str(jobs), "--errors", str(errs)],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0
+        runs[jobs] = (_without_detected_at(result.stdout_bytes), errs.read_bytes())
+    assert runs[1][0].count(b"\n") > 50 and runs[1][1]
+    assert runs[3] == runs[1]
