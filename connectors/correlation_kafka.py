@@ -40,6 +40,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from sigstream.stream.commit import CommitOutcome, commit_outputs, owns_partitions
 from sigstream.stream.correlation_forward import Family, PartitionState
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class CorrelationLoop:
                 if drain_started is None:
                     drain_started = now
                 idle = self.until_idle_s or 0.0
-                if not self._has_assignment():
+                if not owns_partitions(self.source):
                     # still joining (not idle), unless this member gets no partition at all
                     last_record = now
                     if now - drain_started >= max(3 * idle, 30.0):
@@ -190,24 +191,11 @@ class CorrelationLoop:
             self.changelog.flush()
             for _, st in changed:
                 st.dirty = False
-        try:
-            self.source.commit()
-        except Exception as e:  # noqa: BLE001 - output and snapshots are durable already
-            self.commit_failures += 1
-            log.warning("correlation offset commit failed, records will be re-delivered "
-                        "(and skipped up to the snapshot's offset): %s", e)
+        if commit_outputs(self.source, ()) is CommitOutcome.FAILED:
+            self.commit_failures += 1   # re-delivered, and skipped up to the snapshot's offset
         else:
             self.commits += 1
         self._uncommitted = False
-
-    def _has_assignment(self) -> bool:
-        assignment = getattr(self.source, "assignment", None)
-        if not callable(assignment):
-            return True
-        try:
-            return bool(assignment())
-        except Exception:  # noqa: BLE001
-            return True
 
     def metrics(self) -> dict[str, Any]:
         totals: dict[str, int] = {}

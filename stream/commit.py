@@ -51,3 +51,16 @@ def commit_outputs(source: Committable, outputs: Iterable[Flushable | None],
                     extra={"fields": {"event": "commit_failed", "reason": str(e)}})
         return CommitOutcome.FAILED
     return CommitOutcome.COMMITTED
+
+
+def owns_partitions(source: Any) -> bool:
+    """Does a consumer-group source own partitions now? A member still joining its group
+    (e.g. waiting out a crashed member's session) owns none. Sources without
+    `assignment()` always own their input."""
+    assignment = getattr(source, "assignment", None)
+    if not callable(assignment):
+        return True
+    try:
+        return bool(assignment())
+    except Exception:  # noqa: BLE001 - best effort
+        return True

@@ -99,7 +99,7 @@ from sigstream.stream.correlation_state import (
     Ref,
     _canon,
     _Fixed,
-    _get,
+    field_value,
     _key,
     _number,
     _sample,
@@ -324,7 +324,7 @@ class Correlator:
         cnt["matches"] += 1
         key_values = []
         for g in spec.group_fields:
-            v = _get(m.fields, spec.field_for(g, m))
+            v = field_value(m.fields, spec.field_for(g, m))
             if v is None:
                 cnt["missing_group_field"] += 1
                 return None
@@ -332,7 +332,7 @@ class Correlator:
         key = tuple(key_values)
         payload: Any = None
         if spec.value_fields is not None:
-            vals = [_get(m.fields, spec.field_for(f, m)) for f in spec.value_fields]
+            vals = [field_value(m.fields, spec.field_for(f, m)) for f in spec.value_fields]
             if spec.type == "value_count":
                 if all(v is None for v in vals):
                     cnt["missing_value"] += 1

@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import orjson
 
+from sigstream.stream.correlation_state import field_value
 from sigstream.stream.correlation import Correlator, CorrelationResult, Match, match_from_alert
 from sigstream.stream.correlation_alert import correlation_alert
 from sigstream.stream.detector import iso_utc
@@ -158,24 +159,11 @@ def _suppressed(suppressed: frozenset[str], rule_id: str | None, name: str | Non
 
 # ------------------------------------------------------------------ records
 
-def _lookup(fields: Mapping[str, Any], name: str) -> Any:
-    """As the Correlator reads a field: the flat name, else a dotted path into objects."""
-    v = fields.get(name)
-    if v is None and "." in name and name not in fields:
-        cur: Any = fields
-        for part in name.split("."):
-            if not isinstance(cur, Mapping):
-                return None
-            cur = cur.get(part)
-        return cur
-    return v
-
-
 def encode_record(match: Match, fields: Sequence[str]) -> bytes:
     """The repartition record of a base match: identity, time and only `fields` (flat)."""
     picked = {}
     for name in fields:
-        v = _lookup(match.fields, name)
+        v = field_value(match.fields, name)
         if v is not None:
             picked[name] = v
     rid = match.record_id

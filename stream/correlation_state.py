@@ -83,7 +83,8 @@ def _number(v: Any) -> Fraction | None:
     return None
 
 
-def _get(fields: Mapping[str, Any], name: str) -> Any:
+def field_value(fields: Mapping[str, Any], name: str) -> Any:
+    """A field as correlations read it: the flat name, else a dotted path into objects."""
     v = fields.get(name)
     if v is None and "." in name and name not in fields:
         cur: Any = fields

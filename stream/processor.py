@@ -64,7 +64,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from sigstream.stream.commit import CommitOutcome, commit_outputs
+from sigstream.stream.commit import CommitOutcome, commit_outputs, owns_partitions
 from sigstream.stream.detector import Detector
 from sigstream.stream.engine import Engine
 from sigstream.stream.envelope import EnvelopeError, decode
@@ -328,7 +328,7 @@ class Processor:
                     self._end_of_input()
                     break
                 if self.until_idle_s is not None:
-                    if not self._has_assignment():
+                    if not owns_partitions(self.source):
                         # still joining the group (e.g. waiting out a crashed member's session):
                         # that is not "idle", the records are just not ours yet
                         last_record = now
@@ -358,16 +358,6 @@ class Processor:
         if self.detector.holds_state:
             self._emit(self.detector.finish(self.clock()))
             self._commit()
-
-    def _has_assignment(self) -> bool:
-        """Does the source own partitions now? (Sources without `assignment()`: always.)"""
-        assignment = getattr(self.source, "assignment", None)
-        if not callable(assignment):
-            return True
-        try:
-            return bool(assignment())
-        except Exception:  # best effort
-            return True
 
     def process_batch(self, batch: Sequence[Any]) -> None:
         m = self.metrics
