@@ -1,6 +1,12 @@
-"""Alert sinks: where alerts go. Tiny contract: add(alert), flush(), close().
+"""Sinks: where alerts go, and where collected events go when not to Kafka.
 
-The hunt command, the stream processor and the tests assemble the same sinks.
+Alert sinks have a tiny contract: add(alert), flush(), close(). The hunt command,
+the stream processor and the tests assemble the same sinks.
+
+Event sinks (publish(event), flush(timeout_s), close(timeout_s), stats) have the
+contract of :class:`connectors.kafka.KafkaEventPublisher`; :class:`EnvelopeLineSink`
+is the one for ``--sink stdout`` / ``--sink file://PATH`` of ``sigstream collect``
+and ``sigstream agent``.
 """
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import io
 from typing import IO, Any, Protocol
 
 import orjson
+
+from sigstream.stream.envelope import encode, wrap
 
 
 class AlertSink(Protocol):
@@ -81,3 +89,28 @@ class CsvSink:
     def close(self) -> None:
         self.flush()
         self._text.detach()
+
+
+class EnvelopeLineSink:
+    """Events wrapped in envelopes, one JSON line each, to a binary stream."""
+
+    def __init__(self, out: IO[bytes], collector_id: str, close_stream: bool = False):
+        self.out, self.collector_id, self._close = out, collector_id, close_stream
+        self.count = 0
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.out.write(encode(wrap(event, self.collector_id)) + b"\n")
+        self.count += 1
+
+    def flush(self, timeout_s: float = 0) -> bool:
+        self.out.flush()
+        return True
+
+    def close(self, timeout_s: float = 0) -> None:
+        self.out.flush()
+        if self._close:
+            self.out.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"published": self.count, "spooled": 0, "dropped": 0}

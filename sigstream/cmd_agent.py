@@ -18,8 +18,9 @@ from sigstream.cli import EXIT_USAGE, main
 @main.command("agent")
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Agent configuration (see deploy/windows/agent.example.yaml).")
-@click.option("--sink", "sink", default=None, metavar="kafka|stdout|file://PATH",
-              help="Where events go (default: Kafka as configured). stdout/file write envelopes as JSON lines, "
+@click.option("--sink", "sink", default=None, metavar="kafka[://HOST:PORT]|stdout|file://PATH",
+              help="Where events go (default: Kafka as configured; kafka://HOST:PORT replaces the configured "
+                   "bootstrap servers). stdout / file://PATH (appended to) write envelopes as JSON lines, "
                    "for testing.")
 @click.option("--check", "check_only", is_flag=True, help="Validate the configuration and exit.")
 @click.option("--max-runtime", type=float, default=None, metavar="SECONDS",
@@ -31,11 +32,14 @@ def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime:
     Stops cleanly on Ctrl+C / SIGTERM / Ctrl+Break (the Windows service wrapper sends Ctrl+C):
     the ETW session is stopped, queued events are published or spooled, bookmarks are saved.
     """
-    from sigstream.connectors.agent import Agent, ConfigError, load_config, setup_logging
+    from sigstream.connectors.agent import Agent, load_config, setup_logging
+    from sigstream.connectors.sink_spec import parse_sink_spec
+    from sigstream.stream.errors import ConfigProblem
 
     try:
+        spec = parse_sink_spec(sink)
         cfg = load_config(config_path)
-    except ConfigError as e:
+    except ConfigProblem as e:          # ConfigError (the file) or a bad --sink
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_USAGE)
     if check_only:
@@ -44,7 +48,7 @@ def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime:
                    f"event log {'on: ' + ', '.join(c.channel for c in cfg.eventlog_channels) if cfg.eventlog_enabled else 'off'})")
         return
     setup_logging(cfg.log_level, cfg.log_file)
-    agent = Agent(cfg, sink_spec=sink)
+    agent = Agent(cfg, sink_spec=spec)
 
     def _stop(signum, _frame):
         logging.getLogger("sigstream.agent").info("signal %s: stopping", signum)
@@ -56,7 +60,7 @@ def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime:
             signal.signal(sig, _stop)
     try:
         code = agent.run(max_runtime)
-    except ConfigError as e:
+    except ConfigProblem as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as e:  # noqa: BLE001 - EtwUnavailable, EventLogUnavailable, ...

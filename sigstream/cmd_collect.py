@@ -31,24 +31,6 @@ def _bootstrap_option(f: Callable) -> Callable:
         "SIGSTREAM_SSL_CAFILE/CERTFILE/KEYFILE.")(f)
 
 
-class _LineSink:
-    """Envelope JSON lines to a binary stream (stdout/file sinks)."""
-
-    def __init__(self, out: Any, close: bool):
-        self.out, self._close = out, close
-        self.count = 0
-
-    def publish(self, event: dict, collector_id: str) -> None:
-        from sigstream.stream.envelope import encode, wrap
-        self.out.write(encode(wrap(event, collector_id)) + b"\n")
-        self.count += 1
-
-    def finish(self) -> None:
-        self.out.flush()
-        if self._close:
-            self.out.close()
-
-
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @click.option("--source", "source_kind", type=click.Choice(["evtx", "jsonl", "stdin"]), default=None,
@@ -106,7 +88,13 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
     import orjson
 
     from sigstream.connectors.readers import find_event_files, read_events, read_stdin_events
+    from sigstream.connectors.sink_spec import parse_sink_spec
+    from sigstream.stream.errors import ConfigProblem
 
+    try:
+        spec = parse_sink_spec(sink)
+    except ConfigProblem as e:
+        raise click.UsageError(str(e))
     kind = source_kind or ("stdin" if not paths else "files")
     if kind == "stdin" and paths:
         raise click.UsageError("--source stdin takes no PATHs")
@@ -134,21 +122,16 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
 
     # ---- the sink
     publisher = line_sink = None
-    if sink == "stdout":
-        line_sink = _LineSink(sys.stdout.buffer, close=False)
-    elif sink.startswith("file://"):
-        target = sink[len("file://"):]
-        if not target:
-            raise click.UsageError("--sink file://PATH needs a path")
-        line_sink = _LineSink(open(target, "wb"), close=True)
-    elif sink == "kafka" or sink.startswith("kafka://"):
+    if not spec.is_kafka:
+        try:
+            line_sink = spec.open_lines(collector_id)
+        except ConfigProblem as e:
+            raise click.UsageError(str(e))
+    else:
         from sigstream.connectors.kafka import KafkaError, KafkaEventPublisher, KafkaSettings, all_topics
         from sigstream.connectors.kafka import create_topics as do_create
-        if sink.startswith("kafka://"):
-            bootstrap = sink[len("kafka://"):].rstrip("/")
-            if not bootstrap:
-                raise click.UsageError("--sink kafka://HOST:PORT needs an address")
-        settings = KafkaSettings.from_env(bootstrap=bootstrap, client_id=f"sigstream-collect-{collector_id}")
+        settings = KafkaSettings.from_env(bootstrap=spec.bootstrap or bootstrap,
+                                          client_id=f"sigstream-collect-{collector_id}")
         if create_topics:
             try:
                 created = do_create(settings, all_topics(topic_prefix), partitions=partitions, timeout_s=10)
@@ -162,8 +145,6 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
         publisher = KafkaEventPublisher(settings, collector_id=collector_id, spool_dir=sdir,
                                         topic_prefix=topic_prefix, memory_limit=memory_limit,
                                         spool_max_bytes=spool_max_mb * 1024 * 1024)
-    else:
-        raise click.UsageError(f"unknown --sink {sink!r}: use kafka[://HOST:PORT], stdout or file://PATH")
 
     show = progress if progress is not None else sys.stderr.isatty()
     events = 0
@@ -183,7 +164,7 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
                 if publisher is not None:
                     publisher.publish(event)
                 else:
-                    line_sink.publish(event, collector_id)
+                    line_sink.publish(event)
                 if events % 1000 == 0:
                     bar.update(events, publisher.stats if publisher else None)
         if publisher is not None:
@@ -195,7 +176,7 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
         if publisher is not None:
             publisher.close(timeout_s=0 if not delivered else 5)
         if line_sink is not None:
-            line_sink.finish()
+            line_sink.close()
         if errors_out:
             errors_out.close()
     seconds = time.perf_counter() - t0

@@ -21,9 +21,9 @@ Split of the work (why the output is the sequential one, byte for byte):
   needs stages that ignore events without alerts (`CorrelationStage`); with any other
   stage the hunt runs in one process.
 
-Workers start from the parent's compiled engine: inherited with the `fork` start method
-(Linux default), or, with `spawn`, rebuilt in each worker from the parent's compiled rules
-(their IR; the needle databases come from the compile cache). EVTX files are one task each
+Workers are started with `forkserver` (else `spawn`), never a plain fork (see
+`start_method`), and rebuild the engine from the parent's compiled rules (their IR; the
+needle databases come from the compile cache). EVTX files are one task each
 (the evtx parser has no cheap entry at a chunk: record positions count from the file start).
 """
 from __future__ import annotations
@@ -230,10 +230,14 @@ def _engine_from_spec(spec: dict[str, Any]) -> Engine:
 # ------------------------------------------------------------------- parent ---
 
 def start_method(preferred: str | None = None) -> str:
+    """forkserver where there is one, else spawn; never plain fork. A fork copies the locks
+    other threads hold at that moment (a progress bar's refresh thread, a Kafka client's
+    I/O thread, the pool's own handler threads when it replaces a worker), and the child
+    can wait on one forever. Workers rebuild the engine from the compile cache instead."""
     methods = multiprocessing.get_all_start_methods()
     if preferred:
         return preferred
-    return "fork" if "fork" in methods else "spawn"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def parallel_reason(files: Sequence[Path], detector: Detector, jobs: int, chunk_bytes: int,

@@ -16,7 +16,10 @@ from click.testing import CliRunner
 import fakes
 from fakes import wait_until
 from sigstream.connectors.agent import (Agent, ConfigError, EventQueue, JsonLogFormatter, StreamSink, TokenBucket,
-                              config_from_dict, load_config, rss_bytes)
+                                        config_from_dict, load_config, make_sink, rss_bytes)
+from sigstream.connectors.sink_spec import SinkSpec, parse_sink_spec
+from sigstream.connectors.sinks import EnvelopeLineSink
+from sigstream.stream.errors import ConfigProblem
 from fakes import recordings as R
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +137,7 @@ def test_json_log_formatter():
     rec = logging.LogRecord("sigstream.agent", logging.ERROR, __file__, 1, "x %s", ("y",), None)
     rec.source = "etw"
     doc = json.loads(JsonLogFormatter().format(rec))
-    assert doc["msg"] == "x y" and doc["level"] == "ERROR" and doc["source"] == "etw"
+    assert doc["msg"] == "x y" and doc["level"] == "error" and doc["source"] == "etw"
     assert doc["ts"].endswith("Z")
 
 
@@ -259,9 +262,55 @@ def test_stream_sink_writes_envelopes(tmp_path):
     import io
     buf = io.BytesIO()
     s = StreamSink(buf, "c1")
+    assert StreamSink is EnvelopeLineSink          # one envelope sink for collect and the agent
     s.publish({"EventID": 1, "Channel": R.SYSMON_CHANNEL, "Computer": "h", "EventRecordID": 1})
     env = orjson.loads(buf.getvalue())
     assert env["source"] == "sysmon" and env["event"]["EventID"] == 1
+
+
+def test_make_sink_follows_the_shared_sink_spec(monkeypatch, tmp_path):
+    cfg = base_cfg(tmp_path, kafka={"bootstrap": "configured:9092"})
+    out = tmp_path / "deep" / "events.jsonl"
+    for _ in range(2):                              # the agent appends: a restart keeps what was written
+        sink = make_sink(f"file://{out}", cfg)
+        assert isinstance(sink, EnvelopeLineSink)
+        sink.publish({"EventID": 1, "Channel": R.SYSMON_CHANNEL, "EventRecordID": 1})
+        sink.close()
+    assert len(out.read_bytes().splitlines()) == 2
+    assert cfg.kafka_settings().bootstrap == "configured:9092"
+    assert cfg.kafka_settings("other:9093").bootstrap == "other:9093"
+
+    made = {}
+
+    class Publisher:
+        def __init__(self, settings, **kw):
+            made.update(kw, bootstrap=settings.bootstrap)
+
+    import sigstream.connectors.kafka as kafka_mod
+    monkeypatch.setattr(kafka_mod, "KafkaEventPublisher", Publisher)
+    make_sink(parse_sink_spec("kafka://k1:9092,k2:9092"), cfg)
+    assert made["bootstrap"] == "k1:9092,k2:9092" and made["collector_id"] == "WKS-FIN-042"
+    make_sink(None, cfg)
+    assert made["bootstrap"] == "configured:9092"
+
+
+def test_agent_bad_sink_spec(tmp_path):
+    with pytest.raises(ConfigProblem, match=r"^unknown --sink 'kafak': use kafka\[://HOST:PORT\], stdout"):
+        Agent(base_cfg(tmp_path), sink_spec="kafak")
+    assert Agent(base_cfg(tmp_path), sink_spec="stdout").sink_spec == SinkSpec("stdout")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("kafak", "error: unknown --sink 'kafak': use kafka[://HOST:PORT], stdout or file://PATH"),
+    ("file://", "error: --sink file://PATH needs a path"),
+    ("kafka://", "error: --sink kafka://HOST:PORT needs an address"),
+])
+def test_cli_agent_bad_sink_is_a_usage_error(tmp_path, spec, message):
+    from sigstream.cli import main
+    cfgfile = tmp_path / "agent.yaml"
+    cfgfile.write_text(yaml.safe_dump({"host_id": "h", "state_dir": str(tmp_path / "state")}))
+    res = CliRunner().invoke(main, ["agent", "-c", str(cfgfile), "--sink", spec, "--check"])
+    assert res.exit_code == 2 and message in res.output
 
 
 def test_actions_enabled_without_a_key_is_a_config_error(monkeypatch, tmp_path):
