@@ -1,15 +1,15 @@
-"""Compile a detection's IR (stream.ir) into one Python callable.
+"""Compile a detection's IR (stream.ir) into one Python callable: the per-event predicates.
 
 A matcher is `match(event, low) -> bool` where `event` is the flat event and
 `low` is its `LowerCased` view: each scalar field's lower-cased text, computed
 on first use and shared by all rules evaluated on the event. Compilation merges
 OR-lists of string values (and of numbers) on one field into a single predicate
 (set lookup, startswith/endswith tuples, one alternation) and orders AND
-children so cheap, selective checks run first.
+children so cheap, selective checks run first. Fields are looked up by name,
+dotted path, or name with its spaces (`_lookup`). Regexes get a literal guard
+(`regex_guard`) or, for `c.*c.*c`, a counter (`repeated_literal`).
 
-`needles(ir)` gives literal texts of which at least one must occur in the
-event's lower-cased text for the rule to match (None: no such guarantee); the
-prefilter uses them to skip rules.
+The prefilter's needles live in stream.needles, the `matched` explanations in stream.explain.
 """
 from __future__ import annotations
 
@@ -19,14 +19,10 @@ import re._parser as _sre_parser
 from typing import Any, Callable
 
 from sigstream.stream import values as V
+from sigstream.stream.needles import ROUTING_FIELDS, STRING_KINDS, _required_literals, regex_ignores_case
 
 Matcher = Callable[[dict, dict], bool]
 MISSING = object()
-
-STRING_KINDS = ("eq", "contains", "startswith", "endswith")
-ROUTING_FIELDS = frozenset({"Channel", "EventID"})
-MIN_NEEDLE = 3
-
 
 class LowerCased(dict):
     """field -> lower-cased text of the event's scalar value (None: absent, null or nested).
@@ -371,98 +367,7 @@ def _fieldref(field: str, other: str, starts: bool, ends: bool) -> Matcher:
     return match
 
 
-# --- prefilter needles ------------------------------------------------------------------
-
-# How needles depend on `re`'s Unicode case folding, which str.lower() lacks: a needle
-# taken from a case-insensitive regex can be missing from the lower-cased text of a value
-# the regex matches ("ſ" matches "s", "ı" and "İ" match "i"; Greek "ς" matches "σ"...).
-FOLD_NONE, FOLD_ASCII, FOLD_UNICODE = 0, 1, 2  # ASCII needles only see the few chars below
-ASCII_FOLD_CHARS = "\u0130\u0131\u017f\u212a"  # non-ASCII chars re(?i) equates with ASCII letters
-
-
-def needles(ir: tuple) -> frozenset[str] | None:
-    """Literals of which one must appear in the event text if the rule matches."""
-    return _needles(ir)[0]
-
-
-def needle_folding(ir: tuple) -> int:
-    """FOLD_NONE, FOLD_ASCII or FOLD_UNICODE: whether the needles of `ir` come from a
-    case-insensitive regex, and then whether any of them is non-ASCII."""
-    return _needles(ir)[1]
-
-
-def _needles(ir: tuple) -> tuple[frozenset[str] | None, int]:
-    kind = ir[0]
-    if kind == "and":
-        best: tuple[frozenset[str] | None, int] = (None, FOLD_NONE)
-        for c in ir[1]:
-            n = _needles(c)
-            if n[0] is not None and (best[0] is None or _needle_score(n[0]) > _needle_score(best[0])):
-                best = n
-        return best
-    if kind == "or":
-        acc: set[str] = set()
-        fold = FOLD_NONE
-        for c in ir[1]:
-            n, f = _needles(c)
-            if n is None:
-                return None, FOLD_NONE
-            acc |= n
-            fold = max(fold, f)
-        return frozenset(acc), fold
-    if kind == "field":
-        if ir[1] in ROUTING_FIELDS:
-            return None, FOLD_NONE
-        return _spec_needle(ir[2])
-    if kind == "kw":
-        return _spec_needle(ir[1])
-    if kind == "const" and ir[1] is False:
-        return frozenset(), FOLD_NONE  # never matches: no needle needed
-    return None, FOLD_NONE
-
-
-def _spec_needle(spec: tuple) -> tuple[frozenset[str] | None, int]:
-    if spec[0] in STRING_KINDS:
-        text = spec[1].lower()
-    elif spec[0] == "wild":
-        text = spec[2].lower()
-    elif spec[0] == "re":
-        found = regex_needles(spec[1], spec[2])
-        if found is None or not regex_ignores_case(spec[1], spec[2]):
-            return found, FOLD_NONE
-        return found, FOLD_ASCII if all(n.isascii() for n in found) else FOLD_UNICODE
-    else:
-        return None, FOLD_NONE
-    return (frozenset((text,)) if _useful(text) else None), FOLD_NONE
-
-
-RARE_CHARS = "^`"  # cmd and PowerShell escape characters: rare in event data
-
-
-def _useful(needle: str) -> bool:
-    # counted in bytes: a single non-ASCII character (homoglyph, emoji) is selective enough,
-    # and so are two characters with an escape character among them ("^^")
-    if len(needle) >= 2 and any(c in RARE_CHARS for c in needle):
-        return True
-    return len(needle.encode("utf-8")) >= (MIN_NEEDLE if needle.isascii() else 2)
-
-
-def regex_needles(pattern: str, flags: int = 0, min_bytes: int = MIN_NEEDLE) -> frozenset[str] | None:
-    """Literals (lower-cased) one of which any match of the regex must contain (None: none known)."""
-    try:
-        parsed = _sre_parser.parse(pattern, flags)
-    except Exception:
-        return None
-    return _seq_needles(list(parsed), min_bytes)
-
-
-_INLINE_IGNORECASE = re.compile(r"\(\?[aiLmsux]*i[aiLmsux]*[:)]")
-
-
-def regex_ignores_case(pattern: str, flags: int) -> bool:
-    """re.IGNORECASE given as a flag, or inline anywhere, global `(?i)` or scoped `(?i:...)`."""
-    return bool(flags & re.IGNORECASE) or bool(_INLINE_IGNORECASE.search(pattern))
-
+# --- regexes ------------------------------------------------------------------------------
 
 def repeated_literal(pattern: str, flags: int) -> tuple[str, int, bool] | None:
     """(char, n, dotall) if the regex is `c.*c.*c...` (n times c): SigmaHQ's obfuscation
@@ -509,195 +414,3 @@ def regex_guard(pattern: str, flags: int) -> tuple[tuple[str, ...], ...] | None:
         if len(alternatives) == 1 or alternatives not in reqs:
             reqs.append(alternatives)
     return tuple(reqs) or None
-
-
-def _required_literals(items: list, min_bytes: int = 1,
-                       lower: bool = False) -> list[frozenset[str]]:
-    """Every literal requirement a match must meet, from the top-level sequence and its
-    groups: each a set of alternatives (one for a literal run; the branches' best needles
-    for an alternation), of which the matched text contains one."""
-    c = _sre_constants
-    out: list[frozenset[str]] = []
-    run: list[str] = []
-
-    def end_run() -> None:
-        if run:
-            text = "".join(run)
-            out.append(frozenset((text.lower() if lower else text,)))
-            run.clear()
-
-    for op, av in items:
-        if op is c.LITERAL:
-            run.append(chr(av))
-            continue
-        end_run()
-        if op is c.SUBPATTERN:
-            out.extend(_required_literals(list(av[3]), min_bytes, lower))
-        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
-            out.extend(_required_literals(list(av[2]), min_bytes, lower))
-        elif op is c.BRANCH:
-            alts = [_seq_needles(list(branch), min_bytes, lower) for branch in av[1]]
-            if all(alts):
-                out.append(frozenset().union(*alts))
-    end_run()
-    return out
-
-
-def _seq_needles(items: list, min_bytes: int = MIN_NEEDLE, lower: bool = True) -> frozenset[str] | None:
-    """The best-scoring requirement whose literals are all at least `min_bytes` long."""
-    best: frozenset[str] | None = None
-    for cand in _required_literals(items, min_bytes, lower):
-        if all(len(n.encode("utf-8")) >= min_bytes for n in cand) and (
-                best is None or _needle_score(cand) > _needle_score(best)):
-            best = cand
-    return best
-
-
-# Text found in almost every Windows event: needles inside it select nearly everything.
-_UBIQUITOUS = "\n".join((
-    "c:\\windows\\system32\\svchost.exe", "c:\\windows\\syswow64\\", "c:\\program files (x86)\\",
-    "c:\\users\\", "c:\\programdata\\", "microsoft corporation",
-    "microsoft\u00ae windows\u00ae operating system", "nt authority\\system", "c:\\windows\\explorer.exe",
-    ".dll", "microsoft-windows-", "\\windows\\system32\\cmd.exe",
-    # shells and LOLBins: in a large share of process creations (Image, ParentImage, command
-    # lines), so a rule's command-line needles select far fewer events than its image name
-    "\\powershell.exe", "\\powershell_ise.exe", "\\pwsh.exe", "pwsh.dll", "\\cmd.exe",
-    "\\rundll32.exe", "\\regsvr32.exe", "\\mshta.exe", "\\wscript.exe", "\\cscript.exe",
-    "\\msiexec.exe", "\\conhost.exe", "\\wmic.exe", "\\net.exe", "\\net1.exe", "\\reg.exe",
-    "\\schtasks.exe", "\\sc.exe", "\\certutil.exe", "\\bitsadmin.exe", "\\wmiprvse.exe",
-    "\\taskhostw.exe", "\\dllhost.exe", "\\services.exe", "\\lsass.exe", "\\winlogon.exe",
-))
-
-
-def _needle_score(n: frozenset[str]) -> tuple[int, int, int]:
-    """Prefer needle sets without ubiquitous needles, then longest shortest needle, then fewer."""
-    if not n:
-        return (2, 1 << 30, 0)
-    rare = not any(x in _UBIQUITOUS for x in n)
-    return (int(rare), min(len(x) for x in n), -len(n))
-
-
-# --- explanations -----------------------------------------------------------------------
-
-Explainer = Callable[[dict, dict], list[dict]]
-_Step = Callable[[dict, dict, list], bool]
-
-
-def compile_explainer(ir: tuple) -> Explainer:
-    """IR -> `explain(event, low)` for an event the rule matched: the positive leaves
-    (which selection/field/value matched). Compiled once per alerting rule, run per alert."""
-    step = _explain_step(ir, True)
-
-    def explain_event(ev: dict, low: dict) -> list[dict]:
-        out: list[dict] = []
-        step(ev, low, out)
-        return out
-    return explain_event
-
-
-def explain(ir: tuple, ev: dict, low: dict) -> list[dict]:
-    """compile_explainer(ir)(ev, low), for one-off use."""
-    return compile_explainer(ir)(ev, low)
-
-
-def _explain_step(node: tuple, holds: bool) -> _Step:
-    """`holds`: the node is known to hold (the rule matched and every node above is an AND),
-    so its leaves are listed without being evaluated again."""
-    kind = node[0]
-    if kind == "and":
-        children = tuple(_explain_step(c, holds) for c in node[1])
-        if holds:
-            def each(ev: dict, low: dict, out: list) -> bool:
-                for c in children:
-                    c(ev, low, out)
-                return True
-            return each
-        return _explain_group(children, all)
-    if kind == "or":
-        if _is_value_list(node[1]):
-            return _explain_values(node[1])
-        return _explain_group(tuple(_explain_step(c, False) for c in node[1]), any)
-    if kind == "not":
-        if holds:
-            return lambda ev, low, out: True
-        inner = _lazy_matcher(node[1])
-        return lambda ev, low, out: not inner(ev, low)
-    origin = node[3] if kind == "field" else node[2] if kind == "kw" else ("logsource",)
-    match = (lambda ev, low: True) if holds else _lazy_matcher(node)
-    if origin[0] == "logsource":
-        return lambda ev, low, out: match(ev, low)
-    selection, field_name, value = origin[0], origin[1], origin[2]
-    event_field = node[1] if kind == "field" else None
-
-    def leaf(ev: dict, low: dict, out: list) -> bool:
-        if not match(ev, low):
-            return False
-        entry = {"selection": selection, "field": field_name, "value": value}
-        if event_field is not None:
-            v = _lookup(ev, event_field, low)
-            entry["event_value"] = None if v is MISSING else _short(v)
-        out.append(entry)
-        return True
-    return leaf
-
-
-def _explain_group(children: tuple[_Step, ...], combine: Callable[[Any], bool]) -> _Step:
-    def group(ev: dict, low: dict, out: list) -> bool:
-        mark = len(out)
-        ok = combine([c(ev, low, out) for c in children])  # every child: collect all leaves
-        if not ok:
-            del out[mark:]
-        return ok
-    return group
-
-
-def _lazy_matcher(node: tuple) -> Matcher:
-    """compile_detection(node) on first use: most parts of an explainer never run."""
-    compiled: Matcher | None = None
-
-    def match(ev: dict, low: dict) -> bool:
-        nonlocal compiled
-        if compiled is None:
-            compiled = compile_detection(node)
-        return compiled(ev, low)
-    return match
-
-
-def _is_value_list(children: tuple) -> bool:
-    """An OR of case-insensitive string values on one field (a Sigma value list)?"""
-    if len(children) < 2:
-        return False
-    field = children[0][1] if children[0][0] == "field" else None
-    return field is not None and all(
-        c[0] == "field" and c[1] == field and _mergeable(c) and c[3][0] != "logsource"
-        for c in children)
-
-
-def _explain_values(children: tuple) -> _Step:
-    """A value list, explained reading the field once: every value that holds."""
-    field = children[0][1]
-    values = tuple((_spec_pred(c[2])[0], c[3]) for c in children)
-    fallback: list[_Step] = []  # lists, dotted paths, non-strings: leaf by leaf, built when needed
-
-    def value_list(ev: dict, low: dict, out: list) -> bool:
-        s = low[field]
-        if s is None:
-            if not fallback:
-                fallback.extend(_explain_step(c, False) for c in children)
-            return any([c(ev, low, out) for c in fallback])
-        found = False
-        for pred, origin in values:
-            if pred(s):
-                if not found:
-                    event_value = _short(ev[field])
-                    found = True
-                out.append({"selection": origin[0], "field": origin[1], "value": origin[2],
-                            "event_value": event_value})
-        return found
-    return value_list
-
-
-def _short(v: Any, limit: int = 300) -> Any:
-    if type(v) is str and len(v) > limit:
-        return v[:limit] + f"... ({len(v)} chars)"
-    return v

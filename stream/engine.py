@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from sigstream.stream.cache import default_cache_dir
-from sigstream.stream.compiler import (FOLD_ASCII, FOLD_UNICODE, Explainer, LowerCased, Matcher,
-                             compile_detection, compile_explainer, needle_folding, needles)
+from sigstream.stream.compiler import LowerCased, Matcher, compile_detection
+from sigstream.stream.explain import Explainer, compile_explainer
+from sigstream.stream.needles import FOLD_ASCII, FOLD_UNICODE, needle_folding, needles
 from sigstream.stream.prefilter import Bucket, NeedleIndex
 from sigstream.stream.routing import UNROUTABLE, LogsourceRouter, event_key, route_of
 from sigstream.stream.rules import Rule

@@ -1,6 +1,6 @@
 """Literal prefilter: one multi-literal scan per event picks the rules worth evaluating.
 
-Each rule contributes needles (stream.compiler.needles): lower-cased literals
+Each rule contributes needles (stream.needles.needles): lower-cased literals
 of which one must occur in the event for the rule to match. Rules without
 needles are always candidates. Like the router, the prefilter may over-select,
 never miss.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from sigstream.stream.cache import prune
-from sigstream.stream.compiler import ASCII_FOLD_CHARS, FOLD_ASCII, FOLD_UNICODE
+from sigstream.stream.needles import ASCII_FOLD_CHARS, FOLD_ASCII, FOLD_UNICODE
 
 log = logging.getLogger(__name__)
 Scanner = Callable[[bytes], set]  # UTF-8 text, lower-cased unless ASCII -> needle ids
@@ -139,7 +139,7 @@ class Bucket:
     def __init__(self, index: NeedleIndex, members: Iterable[int],
                  fold: dict[int, frozenset[int]] | None = None, non_strings: bool = True):
         """`fold`: rules by how their needles depend on re's Unicode case folding
-        (stream.compiler.needle_folding); they are added when the text could hide a needle.
+        (stream.needles.needle_folding); they are added when the text could hide a needle.
         `non_strings`: whether the scanned text needs the event's numbers, bools and nulls
         (stream.engine.needs_non_strings)."""
         fold = fold or {}

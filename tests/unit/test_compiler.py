@@ -7,7 +7,9 @@ import uuid
 import pytest
 import yaml
 
-from sigstream.stream.compiler import LowerCased, compile_detection, compile_explainer, explain, needles, regex_needles
+from sigstream.stream.compiler import LowerCased, compile_detection
+from sigstream.stream.explain import compile_explainer, explain
+from sigstream.stream.needles import needles, regex_needles
 from sigstream.stream.rules import load_rule_text
 
 SYSMON = "Microsoft-Windows-Sysmon/Operational"
@@ -303,7 +305,7 @@ def test_value_list_explanation_equals_leaf_by_leaf(n):
     """A value list is explained reading the field once; the result is the leaves' own."""
     import random
 
-    from sigstream.stream.compiler import _explain_step
+    from sigstream.stream.explain import _explain_step
     rnd = random.Random(n)
     for _ in range(20):
         leaves = tuple(rnd.sample(LEAVES[:14], n))
@@ -323,7 +325,7 @@ def test_explaining_a_match_skips_nothing_that_a_full_evaluation_finds():
     from pathlib import Path
 
     from sigstream.connectors.readers import read_events
-    from sigstream.stream.compiler import _explain_step
+    from sigstream.stream.explain import _explain_step
     from sigstream.stream.engine import Engine
     from sigstream.stream.rules import load_rules
 

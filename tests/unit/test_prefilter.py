@@ -195,7 +195,7 @@ def test_ascii_fold_chars_are_all_chars_re_equates_with_ascii_letters():
     import re
     import sys
 
-    from sigstream.stream.compiler import ASCII_FOLD_CHARS
+    from sigstream.stream.needles import ASCII_FOLD_CHARS
     letter = re.compile(r"(?i)[a-z]")
     found = {chr(c) for c in range(128, sys.maxunicode + 1) if letter.fullmatch(chr(c))}
     assert found == set(ASCII_FOLD_CHARS)
