@@ -23,10 +23,23 @@ log = logging.getLogger(__name__)
 @dataclass
 class ActionsConfig:
     enabled: bool = False
-    keys: str | None = None          # key file; None: SIGSTREAM_ACTION_KEY(S) environment
+    keys: str | None = None          # key file (Ed25519 public keys); None: SIGSTREAM_ACTION_KEYS env
     dry_run: bool = True             # real changes need an explicit `dry_run: false` (and Windows)
     keep_open: list[str] = field(default_factory=list)   # host:port kept reachable when isolated
     rollback_after_s: float = 900.0  # isolation is undone if Kafka stays unreachable this long
+    allow_hmac: bool = False         # HMAC keys are refused unless this (or SIGSTREAM_ACTION_ALLOW_HMAC=1)
+    allowed_types: list[str] | None = None   # this endpoint's own list of action types; None: all
+    approver_keys: str | None = None  # key file of the approvers' public keys (approval signatures)
+    max_action_bytes: int = 64 * 1024
+    max_lifetime_s: float = 3600.0   # requests valid longer than this are refused
+    future_skew_s: float = 60.0      # requests created further in the future are refused
+
+
+def _approvers(cfg: ActionsConfig) -> dict[str, Any]:
+    if not cfg.approver_keys:
+        return {}
+    from sigstream.stream.actions import load_keyring
+    return {"approvers": load_keyring(cfg.approver_keys, allow_hmac=False)}
 
 
 class ActionRunner:
@@ -48,8 +61,11 @@ class ActionRunner:
             isolation = Isolation(state_dir, allowed=allowed)
             executor = WindowsExecutor(state_dir / "registry-backups", isolation)
             self.watchdog = IsolationWatchdog(isolation, rollback_after_s=cfg.rollback_after_s).start()
-        self.endpoint = EndpointExecutor(host, load_keyring(cfg.keys), executor,
-                                         SeenStore(str(state_dir / "seen-actions.sqlite")))
+        self.endpoint = EndpointExecutor(
+            host, load_keyring(cfg.keys, allow_hmac=cfg.allow_hmac or None), executor,
+            SeenStore(str(state_dir / "seen-actions.sqlite"), keep_after_expiry_s=cfg.future_skew_s),
+            max_bytes=cfg.max_action_bytes, max_lifetime_s=cfg.max_lifetime_s, future_skew_s=cfg.future_skew_s,
+            allowed_types=cfg.allowed_types, **_approvers(cfg))
         self.source = KafkaSource(settings, [actions_topic(topic_prefix)],
                                   group_id=f"{topic_prefix}-executor-{host.lower()}", from_beginning=True)
         self.results = KafkaRecordProducer(settings, action_results_topic(topic_prefix))

@@ -5,11 +5,16 @@
     result = endpoint.handle(message_value, now=time.time())
 
 Checks, in order; the first that fails gives `rejected` with its reason (logged), and nothing
-runs: not a signed message / bad signature (kid unknown, wrong algorithm, forged, wrong key)
--> malformed or unknown action type -> for another host -> not approved (pending, denied,
-expired) -> expired (expires_at <= now) or created in the future -> replayed (action id already
-seen: the seen store is a small SQLite file, so this survives restarts). Then the executor runs
-it: `ok` or `failed` + reason. Requests with `dry_run: true` always go to the dry-run executor.
+runs: too large (> max_bytes, checked before parsing), not JSON, nested too deep, not a signed
+message / bad signature (kid unknown, wrong algorithm, forged, wrong key) -> malformed or
+unknown action type or target -> for another host -> not approved (pending, denied, expired)
+-> not allowed by this endpoint's own list of action types -> valid too long (expires_at -
+created_at > max_lifetime_s, default 1 h), created more than future_skew_s (default 60 s) in
+the future, or expired -> replayed (action id already seen: the seen store is a small SQLite
+file, so this survives restarts; ids are kept until their expiry + the skew). Then the
+executor runs it: `ok` or `failed` + reason. Requests with `dry_run: true` always go to the
+dry-run executor. `handle` never raises: any unexpected error while checking a message is a
+rejection with its reason, so one bad message cannot stop the loop.
 
 Executors implement one method per action type behind `Executor`; connectors.executor_windows
 has the real Windows ones. `DryRunExecutor` is used everywhere else and in tests.
@@ -27,10 +32,12 @@ from typing import Any, Callable, Protocol
 import orjson
 
 from sigstream.stream.commit import commit_outputs
-from sigstream.stream.actions import EXECUTABLE_APPROVALS, ActionError, ActionRequest, Keyring, decode, verify
+from sigstream.stream.actions import (ACTION_TYPES, DESTRUCTIVE, EXECUTABLE_APPROVALS, FUTURE_SKEW_S,
+                                      MAX_ACTION_BYTES, MAX_LIFETIME_S, ActionError, ActionRequest, Keyring,
+                                      check_time, decode, verify, verify_approval)
 
 log = logging.getLogger(__name__)
-CLOCK_SKEW_S = 300.0
+CLOCK_SKEW_S = FUTURE_SKEW_S      # kept for callers of the old name
 OK, FAILED, REJECTED = "ok", "failed", "rejected"
 
 
@@ -103,20 +110,26 @@ class DryRunExecutor:
 
 
 class SeenStore:
-    """Action ids already accepted, persisted (SQLite), pruned once their request has expired."""
+    """Action ids already accepted, persisted (SQLite), kept until their request's expiry +
+    `keep_after_expiry_s` (the allowed clock skew), then pruned: by then a replay is refused as
+    expired anyway."""
 
-    def __init__(self, path: str = ":memory:"):
+    def __init__(self, path: str = ":memory:", keep_after_expiry_s: float = FUTURE_SKEW_S):
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (action_id TEXT PRIMARY KEY, expires_at REAL)")
         self._lock = threading.Lock()
+        self.keep_after_expiry_s = keep_after_expiry_s
 
     def claim(self, action_id: str, expires_at: float) -> bool:
-        """True the first time an id is claimed, False ever after (until pruned)."""
+        """True the first time an id is claimed, False ever after (until pruned). A refused
+        claim with a later expiry extends the record, so that copy cannot be replayed later."""
         with self._lock:
             try:
                 self._db.execute("INSERT INTO seen VALUES (?, ?)", (action_id, expires_at))
                 return True
             except sqlite3.IntegrityError:
+                self._db.execute("UPDATE seen SET expires_at = ? WHERE action_id = ? AND expires_at < ?",
+                                 (expires_at, action_id, expires_at))
                 return False
 
     def __contains__(self, action_id: str) -> bool:
@@ -126,20 +139,50 @@ class SeenStore:
     def prune(self, now: float) -> int:
         """Forget ids of expired requests (they are rejected as expired anyway)."""
         with self._lock:
-            return self._db.execute("DELETE FROM seen WHERE expires_at < ?", (now - CLOCK_SKEW_S,)).rowcount
+            return self._db.execute("DELETE FROM seen WHERE expires_at < ?",
+                                    (now - self.keep_after_expiry_s,)).rowcount
 
     def close(self) -> None:
         self._db.close()
 
 
 class EndpointExecutor:
+    """`allowed_types`: this endpoint's own policy of the action types it will ever run (default
+    all); a validly signed request of another type is rejected. Private Ed25519 keys in
+    `keyring` are dropped: an endpoint only verifies.
+
+    `approvers`: the approvers' public keys. When given, every request whose type is in
+    `approval_types` (default: the destructive ones), and every request claiming to be
+    approved, must carry an approval signed by one of them and bound to the request (action id
+    + digest): a compromised responder alone cannot get a destructive action run. Without it,
+    the responder's signature on `approval: approved` is trusted (a warning at start)."""
+
     def __init__(self, host: str, keyring: Keyring, executor: Any, seen: SeenStore,
-                 dry_executor: Any | None = None):
+                 dry_executor: Any | None = None, *, max_bytes: int = MAX_ACTION_BYTES,
+                 max_lifetime_s: float = MAX_LIFETIME_S, future_skew_s: float = FUTURE_SKEW_S,
+                 allowed_types: Any = None, approvers: Keyring | None = None,
+                 approval_types: Any = DESTRUCTIVE):
         self.host = host
-        self.keyring = keyring
+        self.keyring = keyring.verify_only()
+        if self.keyring.has_hmac:
+            log.warning("endpoint %s verifies HMAC-signed action requests: the shared key would let "
+                        "anyone holding it (this endpoint too) forge requests; prefer Ed25519", host)
         self.executor = executor
         self.dry = dry_executor or (executor if isinstance(executor, DryRunExecutor) else DryRunExecutor())
         self.seen = seen
+        self.max_bytes = max_bytes
+        self.max_lifetime_s = max_lifetime_s
+        self.future_skew_s = future_skew_s
+        self.allowed_types = frozenset(ACTION_TYPES if allowed_types is None else allowed_types)
+        unknown = (self.allowed_types | frozenset(approval_types)) - set(ACTION_TYPES)
+        if unknown:
+            raise ValueError(f"unknown action types: {', '.join(sorted(unknown))}")
+        self.approvers = approvers.verify_only() if approvers is not None else None
+        if self.approvers is not None and self.approvers.has_hmac:
+            raise ValueError("approver keys must be Ed25519 public keys, not HMAC")
+        self.approval_types = frozenset(approval_types)
+        if self.approvers is None:
+            log.info("endpoint %s: no approvers key ring; approvals are trusted as signed by the responder", host)
 
     def _result(self, req: Any, status: str, reason: str, now: float, executor: str = "",
                 publish: bool = True) -> Result:
@@ -151,23 +194,45 @@ class EndpointExecutor:
         log_fn("action %s (%s) %s: %s", r.action_id, r.type, status, reason)
         return r
 
-    def handle(self, value: bytes | None, now: float) -> Result:
+    def handle(self, value: Any, now: float, key: bytes | None = None) -> Result:
+        """Check and run one message; never raises (every failure is a Result). `key`: the
+        record's key (the host it was sent to); a message keyed to another host is left to that
+        host, unanswered, so that one forged message is not answered by every endpoint."""
         try:
-            body = verify(decode(value), self.keyring)
+            if key is not None and _key_host(key) != self.host.lower():
+                return Result(None, None, self.host, None, REJECTED, "keyed to another host", now,
+                              self.executor.name, publish=False)
+            return self._handle(value, now)
+        except Exception as e:  # noqa: BLE001 - one bad message must not stop the endpoint
+            log.exception("unexpected error while handling an action message")
+            return self._result(None, REJECTED, f"internal error while checking the message: "
+                                                f"{type(e).__name__}", now)
+
+    def _handle(self, value: Any, now: float) -> Result:
+        try:
+            message = decode(value, self.max_bytes)
+            body = verify(message, self.keyring)
         except ActionError as e:
             return self._result(None, REJECTED, str(e), now)
         try:
             req = ActionRequest.from_dict(body)
         except ActionError as e:
-            return self._result(body, REJECTED, str(e), now)
+            return self._result(_identity(body), REJECTED, str(e), now)
         if req.host.lower() != self.host.lower():
             return self._result(req, REJECTED, f"for another host ({req.host})", now, publish=False)
         if req.approval not in EXECUTABLE_APPROVALS:
             return self._result(req, REJECTED, f"not approved (approval {req.approval})", now)
-        if req.expires_at <= now:
-            return self._result(req, REJECTED, f"expired {now - req.expires_at:.0f}s ago", now)
-        if req.created_at > now + CLOCK_SKEW_S:
-            return self._result(req, REJECTED, "created in the future (clock skew or forged time)", now)
+        if req.type not in self.allowed_types:
+            return self._result(req, REJECTED, f"action type {req.type} is not allowed on this endpoint", now)
+        if self.approvers is not None and (req.type in self.approval_types or req.approval == "approved"):
+            try:
+                verify_approval(message, body, self.approvers)
+            except ActionError as e:
+                return self._result(req, REJECTED, str(e), now)
+        try:
+            check_time(req, now, max_lifetime_s=self.max_lifetime_s, future_skew_s=self.future_skew_s)
+        except ActionError as e:
+            return self._result(req, REJECTED, str(e), now)
         if not self.seen.claim(req.action_id, req.expires_at):
             return self._result(req, REJECTED, "replayed: action id already seen", now)
         runner = self.dry if req.dry_run else self.executor
@@ -178,6 +243,18 @@ class EndpointExecutor:
         except Exception as e:  # noqa: BLE001 - an executor bug must become a result, not a crash
             return self._result(req, FAILED, f"{type(e).__name__}: {e}", now, runner.name)
         return self._result(req, OK, message, now, runner.name)
+
+
+def _key_host(key: Any) -> str:
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key).decode("utf-8", "replace").lower()
+    return str(key).lower()
+
+
+def _identity(body: dict) -> dict:
+    """The identifying fields of a signed but invalid request, as strings only (for the result)."""
+    return {k: body.get(k) for k in ("action_id", "alert_id", "type")
+            if isinstance(body.get(k), str) and len(body[k]) <= 200}
 
 
 def run_loop(source: Any, results: Any, endpoint: EndpointExecutor, stop: threading.Event,
@@ -199,7 +276,12 @@ def run_loop(source: Any, results: Any, endpoint: EndpointExecutor, stop: thread
         if not msgs:
             continue
         for m in msgs:
-            result = endpoint.handle(m.value, clock())
+            try:
+                result = endpoint.handle(getattr(m, "value", None), clock(), getattr(m, "key", None))
+            except Exception as e:  # noqa: BLE001 - handle() does not raise; belt and braces
+                log.exception("action message could not be handled")
+                result = Result(None, None, endpoint.host, None, REJECTED, f"internal error: {type(e).__name__}",
+                                clock(), endpoint.executor.name)
             handled += 1
             if result.publish:
                 results.send(result.encode(), key)

@@ -1,7 +1,8 @@
 """Response end to end on the real broker: alert -> `respond` (policy) -> signed action on
 sigstream.actions -> `actions execute` (dry-run executor) -> result on sigstream.action-results;
 an approval round trip (pending -> `actions approve` -> executed; `actions deny` -> never sent);
-and a forged request rejected over the wire."""
+forged, algorithm-swapped, oversized and deeply nested requests rejected over the wire.
+Keys: an Ed25519 pair from `actions keygen` (the responder signs, the endpoint only verifies)."""
 from __future__ import annotations
 
 import json
@@ -17,10 +18,9 @@ from click.testing import CliRunner
 from sigstream.connectors.kafka import (ACTION_RESULTS_TOPIC, ACTIONS_TOPIC, KafkaAlertSink, KafkaRecordProducer,
                               KafkaSettings, KafkaSource, create_topics)
 from sigstream.cli import main
-from sigstream.stream.actions import ActionRequest, Key, Keyring, encode, sign
+from sigstream.stream.actions import ActionRequest, Key, Keyring, encode, generate_keypair, load_keyring, sign
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY_HEX = "8f1c2a9d3e4b5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
 RULE_ID = "e6b99a0a-90b2-412b-a10b-88a6096a9808"
 
 
@@ -75,7 +75,10 @@ def env(kafka_bootstrap, tmp_path, monkeypatch):
     settings = KafkaSettings(bootstrap=kafka_bootstrap)
     alerts_topic = f"it-alerts-{uuid.uuid4().hex[:8]}"
     create_topics(settings, [alerts_topic, ACTIONS_TOPIC, ACTION_RESULTS_TOPIC], partitions=3)
-    monkeypatch.setenv("SIGSTREAM_ACTION_KEY", KEY_HEX)
+    keys = generate_keypair(tmp_path / "keys", "it1")
+    monkeypatch.setenv("SIGSTREAM_ACTION_KEYS_FILE", str(keys["private_keys"]))   # respond / approve
+    monkeypatch.delenv("SIGSTREAM_ACTION_KEYS", raising=False)
+    monkeypatch.delenv("SIGSTREAM_ACTION_KEY", raising=False)
     monkeypatch.setenv("SIGSTREAM_BOOTSTRAP", kafka_bootstrap)
     host = f"WKS-IT-{uuid.uuid4().hex[:6]}.corp.example.com"
     policy = tmp_path / "policy.yaml"
@@ -93,7 +96,8 @@ def _cli(*args: str) -> str:
 
 
 def _execute(host: str, tmp_path: Path) -> list[dict]:
-    out = _cli("actions", "execute", "--host", host, "--seen", str(tmp_path / "seen.sqlite"), "--timeout", "6")
+    out = _cli("actions", "execute", "--host", host, "--seen", str(tmp_path / "seen.sqlite"), "--timeout", "6",
+               "--keys", str(tmp_path / "keys" / "endpoint.keys"))
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -149,10 +153,10 @@ def test_alert_to_policy_to_signed_action_to_dry_run_result_with_approval(env):
 
 def test_forged_and_replayed_requests_are_rejected_over_the_wire(env):
     settings, _, host, _, tmp = env
-    good = Keyring()
-    good.add(Key("default", "hmac-sha256", secret=bytes.fromhex(KEY_HEX)))
-    evil = Keyring()
-    evil.add(Key("default", "hmac-sha256", secret=b"attacker-key-attacker-key-000000"))
+    good = load_keyring(tmp / "keys" / "responder.keys")
+    evil = load_keyring(generate_keypair(tmp / "evil", "it1")["private_keys"])     # same kid, other key
+    swapped = Keyring()                         # HMAC keyed with the (public) key file: algorithm swap
+    swapped.add(Key("it1", "hmac-sha256", secret=(tmp / "keys" / "it1.ed25519.pub").read_bytes()))
     now = time.time()
     legit = ActionRequest.new(host=host, type="kill_process", target={"pid": 1, "guid": "{x-1-2-3-4}", "image": "a"},
                               requested_by="it", now=now, ttl_s=600)
@@ -168,19 +172,34 @@ def test_forged_and_replayed_requests_are_rejected_over_the_wire(env):
     tampered["request"]["type"] = "isolate_host"
     producer.send(encode(tampered), key)
     producer.send(b"{not json", key)
+    producer.send(encode(sign(ActionRequest.new(host=host, type="isolate_host", target={}, requested_by="it",
+                                                now=now, ttl_s=600), swapped)), key)
+    long_lived = ActionRequest.new(host=host, type="notify", target={}, requested_by="it", now=now, ttl_s=7200)
+    producer.send(encode(sign(long_lived, good)), key)
+    producer.send(b"[" * 100_000, key)                      # 100,000 deep (and over the size cap)
+    producer.send(b"[" * 30_000 + b"]" * 30_000, key)        # 30,000 deep, within the size cap
+    producer.send(b'{"pad": "' + b"x" * 100_000 + b'"}', key)   # oversized
+    after = ActionRequest.new(host=host, type="notify", target={}, requested_by="it", now=now, ttl_s=600)
+    producer.send(encode(sign(after, good)), key)            # a valid request after all the bad ones
     producer.flush()
     producer.close()
 
-    results = _execute(host, tmp)
+    results = _execute(host, tmp)                           # exit status 0 (checked by _cli)
     statuses = [(r["action_id"], r["status"], r["reason"]) for r in results]
     legit_results = [s for s in statuses if s[0] == legit.action_id]
     assert [s[1] for s in legit_results] == ["ok", "rejected"] and "replayed" in legit_results[1][2]
-    assert any(s[0] is None and "bad signature" in s[2] for s in statuses)             # forged + tampered
-    assert sum(1 for s in statuses if "bad signature" in s[2]) == 2
+    assert any(s[0] is None and s[2] == "bad signature" for s in statuses)             # forged + tampered
+    assert sum(1 for s in statuses if s[2] == "bad signature") == 2
+    assert any("algorithm 'hmac-sha256' does not match" in s[2] for s in statuses)     # swapped
     assert any(s[0] == expired.action_id and "expired" in s[2] for s in statuses)
+    assert any(s[0] == long_lived.action_id and "valid too long" in s[2] for s in statuses)
     assert any("not JSON" in s[2] for s in statuses)
-    found = _results(settings, {legit.action_id, expired.action_id})
-    assert found[expired.action_id]["status"] == "rejected"
+    assert sum(1 for s in statuses if "nested deeper" in s[2]) == 1
+    assert sum(1 for s in statuses if "exceeds the limit" in s[2]) == 2
+    assert [s[1] for s in statuses if s[0] == after.action_id] == ["ok"]
+    found = _results(settings, {legit.action_id, expired.action_id, after.action_id, long_lived.action_id})
+    assert found[expired.action_id]["status"] == "rejected" and found[after.action_id]["status"] == "ok"
+    assert "valid too long" in found[long_lived.action_id]["reason"]
 
 
 def test_agent_action_runner_executes_signed_request(env):
@@ -199,8 +218,8 @@ def test_agent_action_runner_executes_signed_request(env):
     decisions = {d["type"]: d for d in (json.loads(x) for x in out.splitlines() if x.startswith("{"))}
     kill_id = decisions["kill_process"]["action_id"]
 
-    runner = ActionRunner(ActionsConfig(enabled=True, dry_run=True), host, settings, "sigstream",
-                          tmp / "agent-actions").start()
+    runner = ActionRunner(ActionsConfig(enabled=True, dry_run=True, keys=str(tmp / "keys" / "endpoint.keys")),
+                          host, settings, "sigstream", tmp / "agent-actions").start()
     try:
         found = _results(settings, {kill_id})
     finally:

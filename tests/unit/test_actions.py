@@ -230,37 +230,127 @@ def test_canonical_signature_is_key_order_independent():
 
 # ------------------------------------------------------------------ keys ---
 
+def _chmod600(*paths):
+    for p in paths:
+        p.chmod(0o600)
+
+
 def test_keyring_from_file_and_env(tmp_path):
     f = tmp_path / "keys"
     f.write_text("# comment\nk1:hmac-sha256:" + KEY.hex() + "\nk2:hmac-sha256:base64:" +
                  base64.b64encode(OTHER_KEY).decode() + "\n")
-    r = load_keyring(f)
+    _chmod600(f)
+    r = load_keyring(f, allow_hmac=True)
     assert r.signing_kid == "k1" and r.keys["k2"].secret == OTHER_KEY
+    assert r.warnings and "forge" in r.warnings[0]                # HMAC: warned at start
     single = tmp_path / "single"
     single.write_text(KEY.hex() + "\n")
-    assert load_keyring(single).keys["default"].secret == KEY
-    assert load_keyring(None, env={"SIGSTREAM_ACTION_KEY": KEY.hex()}).keys["default"].secret == KEY
-    assert set(load_keyring(None, env={"SIGSTREAM_ACTION_KEYS": f"a:{KEY.hex()},b:{OTHER_KEY.hex()}"}).keys) == {"a", "b"}
-    with pytest.raises(ActionError):
+    _chmod600(single)
+    assert load_keyring(single, allow_hmac=True).keys["default"].secret == KEY
+    assert load_keyring(None, env={"SIGSTREAM_ACTION_KEY": KEY.hex(),
+                                   "SIGSTREAM_ACTION_ALLOW_HMAC": "1"}).keys["default"].secret == KEY
+    assert set(load_keyring(None, env={"SIGSTREAM_ACTION_KEYS": f"a:{KEY.hex()},b:{OTHER_KEY.hex()}"},
+                            allow_hmac=True).keys) == {"a", "b"}
+    with pytest.raises(ActionError, match="no action signing keys"):
         load_keyring(None, env={})
-    short = tmp_path / "short"
-    short.write_text("k:hmac-sha256:abcd\n")
-    with pytest.raises(ActionError):
-        load_keyring(short)
 
 
-def test_ed25519_when_available(tmp_path):
-    crypto = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
-    from cryptography.hazmat.primitives import serialization
-    priv = crypto.Ed25519PrivateKey.generate()
-    (tmp_path / "resp.pem").write_bytes(priv.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (tmp_path / "resp.pub").write_bytes(priv.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    (tmp_path / "responder.keys").write_text("ed:ed25519-private:resp.pem\n")
-    (tmp_path / "endpoint.keys").write_text("ed:ed25519-public:resp.pub\n")
-    responder, endpoint_ring = load_keyring(tmp_path / "responder.keys"), load_keyring(tmp_path / "endpoint.keys")
-    assert endpoint_ring.signing_kid is None            # endpoints cannot sign
+def test_hmac_is_refused_unless_explicitly_allowed(tmp_path):
+    with pytest.raises(ActionError, match="HMAC .*refused by default.*keygen"):
+        load_keyring(None, env={"SIGSTREAM_ACTION_KEY": KEY.hex()})
+    f = tmp_path / "keys"
+    f.write_text("k1:hmac-sha256:" + KEY.hex() + "\n")
+    _chmod600(f)
+    with pytest.raises(ActionError, match="--allow-hmac"):
+        load_keyring(f, env={})
+
+
+@pytest.mark.parametrize("env, msg", [
+    ({"SIGSTREAM_ACTION_KEYS": "k1"}, "not kid:<hex key>"),
+    ({"SIGSTREAM_ACTION_KEYS": "k1:"}, "at least 32 bytes"),
+    ({"SIGSTREAM_ACTION_KEYS": "k1:abcd"}, "at least 32 bytes"),
+    ({"SIGSTREAM_ACTION_KEYS": "k1:" + "ab" * 31}, "at least 32 bytes"),
+    ({"SIGSTREAM_ACTION_KEYS": "k1:correct horse battery staple and more words"}, "hex or base64"),
+    ({"SIGSTREAM_ACTION_KEY": "secret"}, "hex or base64"),
+    ({"SIGSTREAM_ACTION_KEY": "00" * 16}, "at least 32 bytes"),
+    ({"SIGSTREAM_ACTION_KEYS": ":" + KEY.hex()}, "not kid"),
+])
+def test_weak_or_malformed_keys_from_the_environment_are_refused(env, msg):
+    with pytest.raises(ActionError, match=msg):
+        load_keyring(None, env=env, allow_hmac=True)
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("k:hmac-sha256:abcd\n", "at least 32 bytes"),
+    ("k:hmac-sha256:base64:" + base64.b64encode(b"x" * 31).decode() + "\n", "at least 32 bytes"),
+    ("00112233\n", "at least 32 bytes"),
+    ("a passphrase that is long enough to be 32 bytes\n", "hex or base64"),
+    ("k:rsa:whatever\n", "unknown algorithm"),
+    ("k:ed25519-public:missing.pem\n", "missing.pem"),
+])
+def test_weak_or_malformed_keys_from_files_are_refused(tmp_path, content, msg):
+    f = tmp_path / "keys"
+    f.write_text(content)
+    _chmod600(f)
+    with pytest.raises(ActionError, match=msg):
+        load_keyring(f, allow_hmac=True)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_secret_key_files_readable_by_others_are_refused(tmp_path, mode):
+    f = tmp_path / "keys"
+    f.write_text("k1:hmac-sha256:" + KEY.hex() + "\n")
+    f.chmod(mode)
+    with pytest.raises(ActionError, match=f"chmod 600 {f}"):
+        load_keyring(f, allow_hmac=True)
+    f.chmod(0o600)
+    assert load_keyring(f, allow_hmac=True).signing_kid == "k1"
+
+
+def _pair(tmp_path, kid="ed"):
+    from sigstream.stream.actions import generate_keypair
+    files = generate_keypair(tmp_path, kid)
+    return files, load_keyring(files["private_keys"]), load_keyring(files["public_keys"])
+
+
+def test_keygen_writes_a_private_key_0600_and_a_public_key(tmp_path):
+    import stat
+    files, responder, endpoint_ring = _pair(tmp_path)
+    assert stat.S_IMODE(files["private"].stat().st_mode) == 0o600
+    assert stat.S_IMODE(files["private_keys"].stat().st_mode) == 0o600
+    assert stat.S_IMODE(files["public"].stat().st_mode) & 0o022 == 0
+    assert responder.signing_kid == "ed" and not responder.has_hmac and not responder.warnings
+    assert endpoint_ring.signing_kid is None                      # endpoints cannot sign
+    with pytest.raises(ActionError, match="cannot sign|no signing key"):
+        sign(request(), endpoint_ring)
+    assert verify(sign(request(), responder), endpoint_ring)["host"] == HOST
+    from sigstream.stream.actions import generate_keypair
+    with pytest.raises(ActionError, match="overwrite"):
+        generate_keypair(tmp_path, "ed")
+
+
+def test_private_pem_readable_by_others_is_refused_public_writable_too(tmp_path):
+    files, _, _ = _pair(tmp_path)
+    files["private"].chmod(0o644)
+    with pytest.raises(ActionError, match="chmod 600"):
+        load_keyring(files["private_keys"])
+    files["public"].chmod(0o666)
+    with pytest.raises(ActionError, match="writable by group or others"):
+        load_keyring(files["public_keys"])
+
+
+def test_keygen_cli(tmp_path):
+    from click.testing import CliRunner
+    from sigstream.cli import main
+    res = CliRunner().invoke(main, ["actions", "keygen", "--out", str(tmp_path / "k"), "--kid", "r1"])
+    assert res.exit_code == 0, res.output
+    assert load_keyring(tmp_path / "k" / "endpoint.keys").keys["r1"].alg == "ed25519"
+    res = CliRunner().invoke(main, ["actions", "keygen", "--out", str(tmp_path / "k"), "--kid", "r1"])
+    assert res.exit_code != 0 and "overwrite" in res.output
+
+
+def test_ed25519_sign_verify_and_algorithm_confusion(tmp_path):
+    _, responder, endpoint_ring = _pair(tmp_path)
     msg = sign(request(), responder)
     assert verify(msg, endpoint_ring)["host"] == HOST
     msg["request"]["host"] = "other"
@@ -270,6 +360,17 @@ def test_ed25519_when_available(tmp_path):
     forged = sign(request(), ring(KEY, kid="ed"))
     with pytest.raises(ActionError, match="algorithm"):
         verify(forged, endpoint_ring)
+    # an Ed25519 key's *public* PEM bytes used as an HMAC secret: still the wrong algorithm
+    pub_pem = (tmp_path / "ed.ed25519.pub").read_bytes()
+    forged = sign(request(), ring(pub_pem, kid="ed"))
+    with pytest.raises(ActionError, match="algorithm"):
+        verify(forged, endpoint_ring)
+
+
+def test_endpoint_drops_private_keys(tmp_path):
+    _, responder, _ = _pair(tmp_path)
+    ep = EndpointExecutor(HOST, responder, DryRunExecutor(), SeenStore())
+    assert ep.keyring.signing_kid is None and ep.keyring.keys["ed"].private is None
 
 
 def test_sysmon_guid_start_time():

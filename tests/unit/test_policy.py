@@ -179,3 +179,77 @@ def test_deny(policy, tmp_path):
     store.add_pending(kill)
     assert store.decide(kill.action_id, False, "bob", NOW, 300).approval == "denied"
     assert store.get(kill.action_id, NOW).state == "denied"
+
+
+# ------------------------------------------------- alerts as read by respond ---
+
+def test_decode_alert_accepts_alerts_and_rejects_the_rest():
+    import orjson
+    from sigstream.stream.policy import AlertError, decode_alert
+    a = alert()
+    assert decode_alert(orjson.dumps(a)) == a
+    for value, reason in [(b"[" * 100_000, "nested deeper"), (b"x" * 10, "not JSON"), (None, "empty"),
+                          (b"[]", "not an object"), (b'{"host": "h"}', "no 'rule'"),
+                          (b'{"rule": {"tags": "t"}}', "tags"), (b'{"rule": {}, "host": 1}', "host"),
+                          (b'{"rule": {}, "event": []}', "event"), (b'{"rule": {"id": 5}}', "rule.id")]:
+        with pytest.raises(AlertError, match=reason):
+            decode_alert(value)
+    with pytest.raises(AlertError, match="exceeds the limit"):
+        decode_alert(orjson.dumps(a), max_bytes=100)
+
+
+def test_execute_ttl_is_capped_by_the_endpoints_maximum_lifetime():
+    with pytest.raises(PolicyError, match="execute_ttl"):
+        Policy.from_dict({"defaults": {"execute_ttl": "2h"}, "rules": []})
+    assert Policy.from_dict({"defaults": {"execute_ttl": "1h"}, "rules": []}).execute_ttl_s == 3600
+
+
+def test_plan_ignores_mistyped_targets(policy):
+    ev = dict(PROC_EVENT, ProcessGuid=["not", "a", "string"])
+    p = policy.plan(alert(ev), NOW)
+    assert "kill_process" in [t for t, _ in p.skipped]
+
+
+class _Msg:
+    def __init__(self, value, offset):
+        self.value, self.topic, self.partition, self.offset = value, "sigstream.alerts", 0, offset
+
+
+class _Source:
+    def __init__(self, batches):
+        self.batches, self.commits = list(batches), 0
+
+    def poll(self, n, timeout):
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self):
+        self.commits += 1
+
+
+def test_respond_loop_rejects_a_bad_message_and_goes_on():
+    from sigstream.cmd_respond import _loop
+    seen = []
+
+    def on_message(m):
+        if m.value == b"boom":
+            raise RecursionError("deep")
+        seen.append(m.offset)
+        return True
+
+    counts = {}
+    source = _Source([[_Msg(b"boom", 0), _Msg(b"ok", 1)], [_Msg(b"ok", 2)]])
+    assert _loop(source, on_message, None, 0.01, lambda: None, counts) == 2
+    assert seen == [1, 2] and counts["rejected"] == 1 and source.commits == 2
+
+
+def test_respond_loop_does_not_swallow_broker_failures():
+    from sigstream.cmd_respond import _loop
+    from sigstream.stream.errors import TransportProblem
+
+    def on_message(m):
+        raise TransportProblem("broker down")
+
+    source = _Source([[_Msg(b"x", 0)]])
+    with pytest.raises(TransportProblem):
+        _loop(source, on_message, None, 0.01, lambda: None)
+    assert source.commits == 0                   # nothing committed past an unsent action
