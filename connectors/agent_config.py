@@ -244,17 +244,26 @@ def config_from_dict(doc: dict) -> AgentConfig:
         raise ConfigError("filters.exclude_event_ids: a mapping channel -> [event ids]")
     kw["exclude_event_ids"] = {str(k).lower(): {int(x) for x in v} for k, v in ids.items()}
 
-    a = _section(doc, "actions", {"enabled", "keys", "dry_run", "keep_open", "rollback_after_s"})
+    a = _section(doc, "actions", {"enabled", "keys", "dry_run", "keep_open", "rollback_after_s",
+                                  "allow_hmac", "allowed_types", "approver_keys", "max_action_bytes",
+                                  "max_lifetime_s", "future_skew_s"})
     if a:
         from sigstream.connectors.agent_actions import ActionsConfig
+        types = a.get("allowed_types")
         kw["actions"] = ActionsConfig(
             enabled=bool(a.get("enabled", False)), keys=a.get("keys"),
             dry_run=bool(a.get("dry_run", True)), keep_open=[str(x) for x in a.get("keep_open") or []],
-            rollback_after_s=float(a.get("rollback_after_s", 900.0)))
+            rollback_after_s=float(a.get("rollback_after_s", 900.0)),
+            allow_hmac=bool(a.get("allow_hmac", False)),
+            allowed_types=None if types is None else [str(t) for t in types],
+            approver_keys=a.get("approver_keys"),
+            max_action_bytes=int(a.get("max_action_bytes", 64 * 1024)),
+            max_lifetime_s=float(a.get("max_lifetime_s", 3600.0)),
+            future_skew_s=float(a.get("future_skew_s", 60.0)))
         if kw["actions"].enabled:  # fail at start-up, not when the first request arrives
             from sigstream.stream.actions import load_keyring
             try:
-                load_keyring(kw["actions"].keys)
+                load_keyring(kw["actions"].keys, allow_hmac=kw["actions"].allow_hmac or None)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"actions: no usable signing key: {e}") from None
 

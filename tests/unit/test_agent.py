@@ -325,3 +325,12 @@ def test_actions_enabled_without_a_key_is_a_config_error(monkeypatch, tmp_path):
         config_from_dict({"actions": {"enabled": True, "keys": str(tmp_path / "missing.keys")}})
     cfg = config_from_dict({"actions": {"enabled": False}})
     assert cfg.actions is not None and not cfg.actions.enabled
+
+
+def test_actions_section_takes_the_endpoint_hardening_options():
+    cfg = config_from_dict({"actions": {"enabled": False, "allowed_types": ["kill_process"],
+                                        "approver_keys": "approvers.keys", "max_action_bytes": 4096,
+                                        "max_lifetime_s": 600, "future_skew_s": 30, "allow_hmac": False}})
+    a = cfg.actions
+    assert a.allowed_types == ["kill_process"] and a.approver_keys == "approvers.keys"
+    assert (a.max_action_bytes, a.max_lifetime_s, a.future_skew_s, a.allow_hmac) == (4096, 600.0, 30.0, False)
