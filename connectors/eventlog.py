@@ -23,6 +23,13 @@ Bookmark (no loss across restarts, no duplicates in normal operation):
   were read; only checked with the default query ``*``) is logged and counted
   in ``gap_records``.
 
+Unreadable records are never dropped silently: XML that the reader cannot recover
+(:mod:`connectors.xml_events` already recovers control characters and other characters
+XML forbids) is counted (``unreadable``, also in ``parse_errors``) and appended to the
+dead-letter file ``<state_dir>/unreadable-<channel>.jsonl`` (one JSON object a line:
+``time``, ``channel``, ``record_id``, ``reason``, ``raw``: the rendered XML, first
+``DEAD_LETTER_RAW_CHARS`` characters); the bookmark then moves past the record.
+
 At-least-once: a crash between publishing and the next bookmark write re-reads
 up to ``persist_interval_s`` of events; their envelope ``event_id`` is stable
 (Computer, Channel, EventRecordID ...), so consumers de-duplicate.
@@ -30,6 +37,7 @@ up to ``persist_interval_s`` of events; their envelope ``event_id`` is stable
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
@@ -50,6 +58,7 @@ EvtRenderEventXml = 1
 WAIT_OBJECT_0 = 0
 
 SYSMON_CHANNEL = "Microsoft-Windows-Sysmon/Operational"
+DEAD_LETTER_RAW_CHARS = 64 * 1024
 
 _RID_RE = re.compile(r"RecordId\s*=\s*['\"](\d+)['\"]")
 _XML_RID_RE = re.compile(r"<EventRecordID>\s*(\d+)\s*</EventRecordID>")
@@ -103,6 +112,7 @@ class EventLogSource:
         self.persist_interval_s = persist_interval_s
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", channel)
         self.bookmark_path = Path(state_dir) / f"bookmark-{safe}.xml"
+        self.dead_letter_path = Path(state_dir) / f"unreadable-{safe}.jsonl"
         self._modules = modules
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,7 +121,7 @@ class EventLogSource:
         self._persisted: int | None = None
         self._last_persist = 0.0
         self._last_read: int | None = None
-        self._counts = dict(events=0, parse_errors=0, gap_records=0, resubscribes=0, acked=0)
+        self._counts = dict(events=0, parse_errors=0, unreadable=0, gap_records=0, resubscribes=0, acked=0)
         self.error: BaseException | None = None
 
     # ----------------------------------------------------------- bookmark --
@@ -228,10 +238,11 @@ class EventLogSource:
             ev = parse_event_xml(xml)
         except Exception as e:  # noqa: BLE001
             self._counts["parse_errors"] += 1
-            log.warning("%s: unparseable event XML (%s); skipped: %.200r", self.name, e, xml)
-            m = _XML_RID_RE.search(xml or "")
-            if m:
-                rid = int(m.group(1))
+            self._counts["unreadable"] += 1
+            m = _XML_RID_RE.search(xml if isinstance(xml, str) else "")
+            rid = int(m.group(1)) if m else None
+            self._dead_letter(xml, rid, f"{type(e).__name__}: {e}")
+            if rid is not None:
                 self._last_read = rid
                 self._ack(rid)
             return
@@ -249,8 +260,22 @@ class EventLogSource:
             self._counts["events"] += 1
             self.emit(ev, None)
 
+    def _dead_letter(self, xml: Any, rid: int | None, reason: str) -> None:
+        raw = xml if isinstance(xml, str) else repr(xml)
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "channel": self.channel,
+                 "record_id": rid, "reason": reason, "raw": raw[:DEAD_LETTER_RAW_CHARS]}
+        try:
+            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.dead_letter_path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(json.dumps(entry, ensure_ascii=True) + "\n")
+            log.warning("%s: unreadable event XML, record %s (%s); kept in %s", self.name, rid, reason,
+                        self.dead_letter_path)
+        except OSError as e:
+            log.error("%s: unreadable event XML, record %s (%s); cannot write %s (%s): %.2000r",
+                      self.name, rid, reason, self.dead_letter_path, e, raw)
+
     def stats(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self._counts)
-        s.update(channel=self.channel, last_read_record=self._last_read, bookmark_record=self._persisted,
+        s.update(channel=self.channel, dead_letter=str(self.dead_letter_path), last_read_record=self._last_read, bookmark_record=self._persisted,
                  running=self.running)
         return s

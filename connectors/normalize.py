@@ -33,6 +33,27 @@ Output contract (one flat dict per event):
   elements and XML namespace declarations (``xmlns*`` attributes) are not
   copied. Values are not converted, except ``EventID``/``EventRecordID``.
 
+One document per record, whichever way it was read (EVTX via the ``evtx``
+package, rendered XML via :mod:`connectors.xml_events`: live EvtRender,
+``wevtutil qe /f:xml``, Event Viewer "Save as XML"). Conventions, decided once:
+
+* GUIDs (System): braced; ``Provider_Guid`` lower-case, ``Correlation_ActivityID``
+  / ``Correlation_RelatedActivityID`` upper-case, as the event log renders them
+  (Event Viewer, wevtutil, Winlogbeat, the ETW source); the ``evtx`` package's
+  bare ``5770385F-...`` is converted here. GUIDs in EventData stay as logged.
+* empty elements: an empty System element (``<Correlation/>``) is absent, an
+  empty named ``Data`` is ``""``, an empty EventData is absent.
+* types: as the EVTX binary XML gives them (ints for integer types, bools,
+  ``0x..`` strings for hex types, ``Keywords`` a ``0x..`` string); rendered
+  XML, which has only text, is typed by the schema-free rule in
+  :mod:`connectors.xml_events` (decimal -> int, true/false -> bool), which
+  reproduces EVTX except for string-declared fields holding such text.
+* line endings: kept as logged (CRLF stays CRLF), on both paths.
+* characters XML forbids (control characters in event data): kept as the
+  characters they are (the XML reader recovers them, see xml_events).
+* binary data (``Binary``): the hex string, never typed.
+* no live-only rewriting: registry paths and hex ids stay as logged.
+
 No marker field is added: an "already normalised" event is recognised by its
 keys (``EventID`` int, ``Channel`` str, ``Computer``, ``Provider_Name``,
 canonical ``TimeCreated``) and returned unchanged.
@@ -213,6 +234,23 @@ def _put_payload(out: dict, fields: dict, prefix: str) -> None:
         for k, sv in saved.items():
             out[prefix + k] = out[k]
             out[k] = sv
+
+
+def _braced(g: str, upper: bool) -> str:
+    g = g.strip()
+    g = g.upper() if upper else g.lower()
+    return g if g[:1] == "{" else "{" + g + "}"
+
+
+def _canon_guids(out: dict) -> None:
+    """System GUIDs as the event log renders them (see module doc)."""
+    g = out.get("Provider_Guid")
+    if type(g) is str and g and (g[0] != "{" or not g.islower()):
+        out["Provider_Guid"] = _braced(g, False)
+    for k in ("Correlation_ActivityID", "Correlation_RelatedActivityID"):
+        a = out.get(k)
+        if type(a) is str and a and (a[0] != "{" or not a.isupper()):
+            out[k] = _braced(a, True)
 
 
 # --------------------------------------------------------------------------
@@ -429,6 +467,7 @@ def _norm_evtx(record: dict, ev: dict) -> dict:
     tc = out.get("TimeCreated")
     if tc is not None and not (type(tc) is str and len(tc) == 27 and tc[26] == "Z"):
         out["TimeCreated"] = to_utc_iso(tc)
+    _canon_guids(out)
 
     if len(ev) == 3 and "#attributes" in ev and len(record) == 1:
         ed = ev.get("EventData")
@@ -557,6 +596,7 @@ def _norm_winlogbeat(record: dict) -> dict:
     rid = out.get("EventRecordID")
     if rid is not None and type(rid) is not int:
         out["EventRecordID"] = _to_int(rid)
+    _canon_guids(out)
     tc = wl.get("time_created")
     if tc is None:
         tc = record.get("@timestamp")

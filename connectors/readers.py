@@ -1,4 +1,4 @@
-"""Read Windows events from EVTX / JSON / JSONL files (optionally gzip'ed) and stdin.
+"""Read Windows events from EVTX / JSON / JSONL / XML files (optionally gzip'ed) and stdin.
 
 Public API::
 
@@ -18,6 +18,12 @@ Public API::
 * JSON array: the index of the element in the array.
 * Single / concatenated pretty-printed JSON objects: the line on which the
   object starts (1 for a file holding one object).
+* XML (``wevtutil qe /f:xml`` stream of ``<Event>`` elements, or an ``<Events>``
+  root as Event Viewer "Save as XML" writes it; UTF-8 or UTF-16 with BOM): the
+  ordinal of the ``<Event>`` element. Read as a stream, element by element
+  (:mod:`connectors.xml_events`); an element that cannot be read is one
+  ReadError carrying its raw text (first ``xml_events.RAW_KEEP`` characters) in
+  ``raw``, and reading goes on with the next element.
 
 ``ReadError.position`` is ``None`` for problems that concern the whole file
 (cannot open, not an EVTX file, ...). Errors never stop the reading of other
@@ -42,6 +48,7 @@ from typing import Any, Callable, IO, Iterable, Iterator, NamedTuple, Union
 import orjson
 
 from .normalize import NormalizeError, normalize
+from .xml_events import RAW_KEEP, event_record, split_events
 
 __all__ = [
     "SourceRef", "ReadError", "EVENT_FILE_SUFFIXES", "find_event_files",
@@ -61,9 +68,13 @@ class ReadError:
     path: str
     position: int | None
     reason: str
+    raw: str | None = None   # the record's raw text (XML input), first RAW_KEEP characters
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "position": self.position, "reason": self.reason}
+        d = {"path": self.path, "position": self.position, "reason": self.reason}
+        if self.raw is not None:
+            d["raw"] = self.raw
+        return d
 
     def __str__(self) -> str:
         where = self.path if self.position is None else f"{self.path}:{self.position}"
@@ -73,7 +84,7 @@ class ReadError:
 Item = Union[tuple[dict, SourceRef], ReadError]
 ErrorCallback = Callable[[ReadError], None]
 
-EVENT_FILE_SUFFIXES = (".evtx", ".json", ".jsonl", ".ndjson")
+EVENT_FILE_SUFFIXES = (".evtx", ".json", ".jsonl", ".ndjson", ".xml")
 _ALL_SUFFIXES = EVENT_FILE_SUFFIXES + tuple(s + ".gz" for s in EVENT_FILE_SUFFIXES)
 
 _EVTX_MAGIC = b"ElfFile\x00"
@@ -102,7 +113,7 @@ def find_event_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
     Files are taken as given (whatever their extension); directories are
     searched recursively (symlinked directories are not followed) for
-    ``*.evtx``, ``*.json``, ``*.jsonl``, ``*.ndjson`` and the same with ``.gz``
+    ``*.evtx``, ``*.json``, ``*.jsonl``, ``*.ndjson``, ``*.xml`` and the same with ``.gz``
     (case-insensitive). Each directory's files are sorted; arguments keep their
     order; duplicates are dropped. A missing path raises FileNotFoundError.
     """
@@ -148,16 +159,37 @@ def _open_maybe_gzip(path: Path) -> tuple[IO[bytes], bool]:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``"evtx"`` or ``"json"`` (content first, extension second)."""
+    """``"evtx"``, ``"xml"`` or ``"json"`` (by content)."""
     fobj, _ = _open_maybe_gzip(Path(path))
     with fobj:
         return _format_of(fobj)
 
 
+_UTF16_BOMS = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
+
+
+def _xml_encoding(head: bytes) -> str | None:
+    """Text encoding of ``head`` if it starts (after BOM and blanks) with ``<``; else None."""
+    enc = _UTF16_BOMS.get(head[:2])
+    if enc is not None:
+        text = head[2:].decode(enc, errors="ignore")
+    elif head[:2] == b"<\x00":
+        enc, text = "utf-16-le", head.decode("utf-16-le", errors="ignore")
+    elif head[:2] == b"\x00<":
+        enc, text = "utf-16-be", head.decode("utf-16-be", errors="ignore")
+    else:
+        enc = "utf-8-sig"
+        text = head[3:].decode("utf-8", errors="ignore") if head[:3] == b"\xef\xbb\xbf" \
+            else head.decode("utf-8", errors="ignore")
+    return enc if text.lstrip()[:1] == "<" else None
+
+
 def _format_of(fobj: IO[bytes]) -> str:
-    head = fobj.read(8)
+    head = fobj.read(64)
     fobj.seek(0)
-    return "evtx" if head == _EVTX_MAGIC else "json"
+    if head[:8] == _EVTX_MAGIC:
+        return "evtx"
+    return "xml" if _xml_encoding(head) else "json"
 
 
 # --------------------------------------------------------------------------
@@ -543,12 +575,58 @@ def _read_json_whole(stream: Any, spath: str) -> Iterator[Item]:
 
 
 # --------------------------------------------------------------------------
+# XML
+# --------------------------------------------------------------------------
+
+def _read_xml(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iterator[Item]:
+    """``<Event>`` elements, streamed: wevtutil style (no root) or an ``<Events>`` root.
+
+    Invalid UTF-8 bytes are decoded as U+FFFD (the element is still read).
+    """
+    spath = str(path)
+    fobj, _ = opened or _open_maybe_gzip(path)
+    with fobj:
+        enc = _xml_encoding(fobj.read(64)) or "utf-8-sig"
+        fobj.seek(0)
+        stream = io.TextIOWrapper(fobj, encoding=enc, errors="replace", newline="")
+        state = {"error": None}
+
+        def chunks() -> Iterator[str]:
+            while True:
+                try:
+                    block = stream.read(1 << 20)
+                except (OSError, EOFError, zlib.error) as e:
+                    state["error"] = e
+                    return
+                if not block:
+                    return
+                yield block
+
+        n = 0
+        for n, raw, problem in split_events(chunks()):
+            if problem is not None:
+                yield ReadError(spath, n, f"unreadable XML event: {problem}", raw[:RAW_KEEP])
+                continue
+            try:
+                rec = event_record(raw)
+            except NormalizeError as e:
+                yield ReadError(spath, n, f"unreadable XML event: {e}", raw[:RAW_KEEP])
+                continue
+            yield rec, SourceRef(spath, n)
+        if state["error"] is not None:
+            yield ReadError(spath, n + 1, f"cannot read further: {state['error']}")
+        elif n == 0:
+            yield ReadError(spath, None, "no <Event> elements (not Windows event XML)")
+
+
+# --------------------------------------------------------------------------
 # dispatch
 # --------------------------------------------------------------------------
 
 _READERS: dict[str, Callable[[Path, tuple[IO[bytes], bool]], Iterator[Item]]] = {
     "evtx": _read_evtx,
     "json": _read_json,
+    "xml": _read_xml,
 }
 
 

@@ -2,7 +2,10 @@
 to sigstream's canonical event (see :mod:`connectors.normalize`).
 
 Both live paths end in the same shape as EVTX input read by ``hunt``, so one
-rule matches live ETW, event-log and EVTX input alike:
+rule matches live ETW, event-log and EVTX input alike. Event-log XML goes through
+:mod:`connectors.xml_events` and :func:`connectors.normalize.normalize` only (the same
+document as the EVTX path, see there); ETW records, which carry no types, get these
+fix-ups (:func:`finish`):
 
 * field names: the EventData ``Name``s (ETW property names are the same names
   the manifest gives the event log), System fields as ``connectors.normalize``
@@ -18,16 +21,16 @@ rule matches live ETW, event-log and EVTX input alike:
 * kernel registry paths translated: ``\\REGISTRY\\MACHINE\\`` -> ``HKLM\\``,
   ``\\REGISTRY\\USER\\`` -> ``HKU\\`` (and the long ``HKEY_*`` spellings to
   the short ones), as Sysmon writes them to the event log;
-* ``Provider_Guid``: lower-case, braced, as the event log renders it; activity ids upper-case, braced.
+* ``Provider_Guid``: lower-case, braced, as the event log renders it; activity ids upper-case,
+  braced (the normaliser's GUID convention).
 """
 from __future__ import annotations
 
-import re
-import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sigstream.connectors.normalize import NormalizeError, int_of_text, normalize, to_utc_iso
+from sigstream.connectors.xml_events import event_record
 
 __all__ = [
     "PROVIDERS", "INT_FIELDS", "translate_registry_path", "filetime_to_iso",
@@ -225,39 +228,6 @@ def normalize_etw(record: Any, computer: str) -> dict:
 # EvtRender XML (Windows event log, pywin32)
 # --------------------------------------------------------------------------
 
-_NS_RE = re.compile(r"^\{[^}]*\}")
-
-
-def _local(tag: str) -> str:
-    return _NS_RE.sub("", tag)
-
-
-def _elem(e: ET.Element) -> Any:
-    """Element -> the evtx-JSON shape ``connectors.normalize`` reads."""
-    attrs = {_local(k): v for k, v in e.attrib.items()}
-    children = list(e)
-    if not children:
-        if attrs:
-            d: dict[str, Any] = {"#attributes": attrs}
-            if e.text and e.text.strip():
-                d["#text"] = e.text
-            return d
-        return e.text
-    d = {}
-    if attrs:
-        d["#attributes"] = attrs
-    for c in children:
-        name = _local(c.tag)
-        v = _elem(c)
-        if name in d:
-            if not isinstance(d[name], list):
-                d[name] = [d[name]]
-            d[name].append(v)
-        else:
-            d[name] = v
-    return d
-
-
 def parse_event_xml(xml: str) -> dict:
     """One ``EvtRender(h, EvtRenderEventXml)`` string -> canonical event.
 
@@ -266,48 +236,9 @@ def parse_event_xml(xml: str) -> dict:
     <EventRecordID>..</EventRecordID><Correlation/><Execution ProcessID=.. ThreadID=../>
     <Channel>..</Channel><Computer>..</Computer><Security UserID=../></System>
     <EventData><Data Name='..'>..</Data>...</EventData></Event>`` (or ``UserData``).
-    Goes through :func:`connectors.normalize.normalize`, like EVTX input.
+    Read by :func:`connectors.xml_events.event_record` into the evtx package's JSON shape,
+    then :func:`connectors.normalize.normalize`: the very document ``hunt`` makes of the
+    same record in an EVTX export (no live-only fix-ups: registry paths and hex values stay
+    as logged). Raises NormalizeError (``XmlEventError``) for XML that cannot be read.
     """
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as e:
-        raise NormalizeError(f"event XML does not parse: {e}") from None
-    if _local(root.tag) != "Event":
-        raise NormalizeError(f"event XML root is <{_local(root.tag)}>, not <Event>")
-    doc: dict[str, Any] = {}
-    for c in root:
-        name = _local(c.tag)
-        if name == "System":
-            sysd: dict[str, Any] = {}
-            for s in c:
-                v = _elem(s)
-                if v is not None:
-                    sysd[_local(s.tag)] = v
-            doc["System"] = sysd
-        elif name == "EventData":
-            data = []
-            other: dict[str, Any] = {}
-            for d in c:
-                if _local(d.tag) == "Data":
-                    item: dict[str, Any] = {}
-                    if "Name" in d.attrib:
-                        item["#attributes"] = {"Name": d.attrib["Name"]}
-                        item["#text"] = d.text if d.text is not None else ""
-                    else:
-                        item["#text"] = d.text
-                    data.append(item)
-                else:
-                    other[_local(d.tag)] = _elem(d)
-            ed: dict[str, Any] = dict(other)
-            if data:
-                ed["Data"] = data
-            doc["EventData"] = ed or None
-        elif name == "UserData":
-            doc["UserData"] = _elem(c)
-        elif name == "RenderingInfo":       # EvtFormatMessage output, not event content
-            continue
-        else:
-            doc[name] = _elem(c)
-    if "System" not in doc:
-        raise NormalizeError("event XML has no <System>")
-    return finish(normalize({"Event": doc}))
+    return normalize(event_record(xml))

@@ -87,9 +87,11 @@ def test_sysmon_registry_and_wmi_events():
     assert e21["EventID"] == 21 and e21["Consumer"].startswith("\\\\.\\ROOT\\subscription:")
 
 
-def test_kernel_registry_paths_in_xml_translated():
+def test_registry_paths_in_xml_kept_as_logged():
+    # as the EVTX path gives them: Security 4656/4663 ObjectName is logged as \REGISTRY\MACHINE\..
+    # and SigmaHQ rules match that form (only ETW kernel paths are translated, connectors/etw)
     xml = R.sysmon_xml(7, 12, [("TargetObject", "\\REGISTRY\\USER\\S-1-5-18\\Software\\x")])
-    assert parse_event_xml(xml)["TargetObject"] == "HKU\\S-1-5-18\\Software\\x"
+    assert parse_event_xml(xml)["TargetObject"] == "\\REGISTRY\\USER\\S-1-5-18\\Software\\x"
 
 
 def test_xml_event_matches_the_evtx_path_shape():
@@ -241,3 +243,25 @@ def test_real_sysmon_channel_subscription(tmp_path):  # pragma: no cover - needs
         assert c.events[0]["Channel"] == CH
     finally:
         src.stop()
+
+
+def test_control_characters_in_event_data_are_read_not_lost():
+    xml = R.sysmon_xml(9, 1, [("CommandLine", "a\x02b\r\nc"), ("ProcessId", "0x278")])
+    ev = parse_event_xml(xml)
+    assert ev["CommandLine"] == "a\x02b\r\nc" and ev["ProcessId"] == "0x278"   # as the EVTX path
+
+
+def test_unreadable_event_goes_to_the_dead_letter_file(fake, tmp_path):
+    import json
+    bad = "<Event xmlns='x'><System><EventRecordID>2</EventRecordID><broken"
+    fake.write(CH, sysmon(1))
+    fake.write(CH, bad)
+    fake.write(CH, sysmon(3))
+    c = Collector()
+    src = _run(fake, tmp_path, c, 2)
+    src.stop()
+    assert c.rids == [1, 3] and src.stats()["unreadable"] == 1
+    lines = src.dead_letter_path.read_text(encoding="utf-8").splitlines()
+    entry = json.loads(lines[0])
+    assert len(lines) == 1 and entry["record_id"] == 2 and entry["raw"] == bad
+    assert entry["channel"] == CH and "does not parse" in entry["reason"]

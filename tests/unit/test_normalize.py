@@ -45,7 +45,7 @@ SYSTEM_EXPECTED = {
     "EventID": 1,
     "Channel": "Microsoft-Windows-Sysmon/Operational",
     "Provider_Name": "Microsoft-Windows-Sysmon",
-    "Provider_Guid": "5770385F-C22A-43E0-BF4C-06F5698FFBD9",
+    "Provider_Guid": "{5770385f-c22a-43e0-bf4c-06f5698ffbd9}",   # braced, lower (as rendered)
     "Computer": "host1.example.local",
     "EventRecordID": 1234,
     "TimeCreated": TS,
@@ -158,7 +158,7 @@ EVTX_CASES = [
             Correlation={"#attributes": {"ActivityID": "AE1A2CAB-0B85"}},
             TimeCreated={"#attributes": {"SystemTime": "2019-03-19T23:30:11.1234567Z"}},
             EventRecordID="99")),
-        {"Correlation_ActivityID": "AE1A2CAB-0B85", "TimeCreated": "2019-03-19T23:30:11.123456Z",
+        {"Correlation_ActivityID": "{AE1A2CAB-0B85}", "TimeCreated": "2019-03-19T23:30:11.123456Z",
          "EventRecordID": 99},
         id="system-correlation-7-digit-time-string-recordid"),
     pytest.param(

@@ -14,6 +14,7 @@ import pytest
 from sigstream.connectors.readers import (
     ReadError,
     SourceRef,
+    detect_format,
     find_event_files,
     read_events,
     read_records,
@@ -416,3 +417,93 @@ def test_pretty_object_with_bad_utf8_is_one_error(tmp_path):
     p.write_bytes(b'{\n  "EventID": 1,\n  "Image": "\xff"\n}\n')
     events, errors = collect([p])
     assert events == [] and len(errors) == 1 and "UTF-8" in errors[0].reason
+
+
+# --------------------------------------------------------------------------
+# XML input (wevtutil qe /f:xml, Event Viewer "Save as XML")
+# --------------------------------------------------------------------------
+
+def _xml_event(rid: int, cmd: str = "whoami", eid: int = 1) -> str:
+    return ("<Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System>"
+            "<Provider Name='Microsoft-Windows-Sysmon' Guid='{5770385F-C22A-43E0-BF4C-06F5698FFBD9}'/>"
+            f"<EventID>{eid}</EventID><Version>5</Version><Level>4</Level><Task>1</Task>"
+            "<Opcode>0</Opcode><Keywords>0x8000000000000000</Keywords>"
+            "<TimeCreated SystemTime='2024-01-02T03:04:05.1234567Z'/>"
+            f"<EventRecordID>{rid}</EventRecordID><Correlation/>"
+            "<Execution ProcessID='3140' ThreadID='4200'/>"
+            "<Channel>Microsoft-Windows-Sysmon/Operational</Channel><Computer>h1</Computer>"
+            "<Security UserID='S-1-5-18'/></System><EventData>"
+            f"<Data Name='CommandLine'>{cmd}</Data><Data Name='ProcessId'>7444</Data>"
+            "<Data Name='LogonId'>0x3e7</Data><Data Name='User'/></EventData></Event>")
+
+
+def _xml_events(path):
+    errors = []
+    evs = [(ev, ref.position) for ev, ref in read_events([path], on_error=errors.append)]
+    return evs, errors
+
+
+def test_xml_stream_without_root(tmp_path):
+    p = tmp_path / "wevtutil.xml"
+    p.write_text("\r\n".join(_xml_event(i) for i in (1, 2, 3)) + "\r\n", encoding="utf-8")
+    assert detect_format(p) == "xml"
+    evs, errors = _xml_events(p)
+    assert errors == []
+    assert [(e["EventRecordID"], pos) for e, pos in evs] == [(1, 1), (2, 2), (3, 3)]
+    ev = evs[0][0]
+    assert ev["EventID"] == 1 and ev["ProcessId"] == 7444 and ev["LogonId"] == "0x3e7"
+    assert ev["User"] == "" and "Correlation" not in ev
+    assert ev["Provider_Guid"] == "{5770385f-c22a-43e0-bf4c-06f5698ffbd9}"
+    assert ev["TimeCreated"] == "2024-01-02T03:04:05.123456Z"
+
+
+def test_xml_events_root_utf16_and_rendering_info(tmp_path):
+    body = _xml_event(7).replace("</EventData>", "</EventData><RenderingInfo Culture='en-US'>"
+                                 "<Message>Process Create</Message></RenderingInfo>")
+    text = "<?xml version='1.0' encoding='UTF-16'?>\r\n<Events>" + body + _xml_event(8) + "</Events>"
+    p = tmp_path / "saved.xml"
+    p.write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
+    evs, errors = _xml_events(p)
+    assert errors == [] and [e["EventRecordID"] for e, _ in evs] == [7, 8]
+    assert "RenderingInfo" not in evs[0][0] and "Message" not in evs[0][0]
+
+
+def test_xml_gz_found_in_directories(tmp_path):
+    p = tmp_path / "sub" / "export.xml.gz"
+    p.parent.mkdir()
+    with gzip.open(p, "wt", encoding="utf-8") as f:
+        f.write(_xml_event(5))
+    assert find_event_files([tmp_path]) == [p]
+    evs, errors = _xml_events(tmp_path)
+    assert errors == [] and evs[0][0]["EventRecordID"] == 5
+
+
+def test_xml_control_characters_and_crlf_kept(tmp_path):
+    p = tmp_path / "ctl.xml"
+    p.write_text(_xml_event(1, "a\x02b&#x1;c\r\nd") + _xml_event(2), encoding="utf-8")
+    evs, errors = _xml_events(p)
+    assert errors == []
+    assert evs[0][0]["CommandLine"] == "a\x02b\x01c\r\nd"    # as the EVTX path gives them
+    assert evs[1][0]["EventRecordID"] == 2
+
+
+def test_xml_broken_element_in_the_middle_reported_with_position(tmp_path):
+    broken = _xml_event(2).replace("</Data><Data Name='ProcessId'>", "</Data><Data Name='ProcessId'")
+    truncated = _xml_event(4)[:200]
+    p = tmp_path / "broken.xml"
+    p.write_text(_xml_event(1) + broken + _xml_event(3) + truncated + _xml_event(5),
+                 encoding="utf-8")
+    evs, errors = _xml_events(p)
+    assert [e["EventRecordID"] for e, _ in evs] == [1, 3, 5]
+    assert [pos for _, pos in evs] == [1, 3, 5]
+    assert [e.position for e in errors] == [2, 4]
+    assert "does not parse" in errors[0].reason and errors[0].raw.startswith("<Event")
+    assert "not closed" in errors[1].reason and errors[1].raw == truncated
+    assert errors[0].to_dict()["raw"] == errors[0].raw
+
+
+def test_xml_without_events_is_one_error(tmp_path):
+    p = tmp_path / "sysmonconfig.xml"
+    p.write_text("<Sysmon schemaversion='4.90'><EventFiltering/></Sysmon>", encoding="utf-8")
+    evs, errors = _xml_events(p)
+    assert evs == [] and len(errors) == 1 and errors[0].position is None
