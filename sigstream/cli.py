@@ -143,7 +143,7 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
 def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str | None,
          errors_path: str | None, progress: bool | None, no_enrich: bool, ioc_paths: tuple[str, ...],
          jobs: int | None, **opts: Any) -> None:
-    """Run Sigma rules over event files (.evtx, JSON lines, JSON arrays, .gz, directories).
+    """Run Sigma rules over event files (.evtx, JSON lines, JSON arrays, XML exports, .gz, directories).
 
     \b
     Examples:
