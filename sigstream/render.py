@@ -22,6 +22,20 @@ KEY_FIELDS = ("CommandLine", "ScriptBlockText", "TargetObject", "Details", "Imag
               "Consumer", "Destination", "Query", "Payload", "Image")
 
 
+def what_alert(alert: dict[str, Any], width: int = 110) -> str:
+    """What an alert is about: the key field of its event, or for a correlation alert its
+    count or aggregate, the condition it met, the group and the time span."""
+    c = alert.get("correlation")
+    if not c:
+        return what(alert.get("event") or {}, width)
+    cond = " ".join(f"{op} {v}" for op, v in (c.get("condition") or {}).items() if op != "field")
+    group = ", ".join(f"{k}={v}" for k, v in (c.get("group") or {}).items())
+    text = (f"{c.get('type')}: {c.get('value')} ({cond}) from {c.get('events_total')} match(es)"
+            f"{' for ' + group if group else ''}, {str(c.get('first_time'))[:19]} .. "
+            f"{str(c.get('last_time'))[11:19]}")
+    return text[:width] + ("…" if len(text) > width else "")
+
+
 def what(event: dict[str, Any], width: int = 110) -> str:
     for f in KEY_FIELDS:
         v = event.get(f)
@@ -83,7 +97,7 @@ def detections_table(alerts: list[dict[str, Any]]) -> Table:
         level = a["rule"]["level"] or "?"
         table.add_row(str(a.get("event_time") or ""), str(a.get("host") or ""),
                       f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", a["rule"]["title"],
-                      what(a["event"]))
+                      what_alert(a))
     return table
 
 
@@ -97,11 +111,10 @@ def alert_line(a: dict[str, Any]) -> str:
     if matched:
         m = matched[0]
         hit = f"{m.get('field')}={str(m.get('value'))[:60]}"
-    ev = a.get("event") or {}
     t = str(a.get("event_time") or "")[11:19]
     return (f"[dim]{t}[/dim] [{style}]{level:<8}[/] [cyan]{escape(str(a.get('host') or '?'))}[/cyan] "
             f"[bold]{escape(rule.get('title') or '')}[/bold]"
-            f"{' [dim](' + escape(hit) + ')[/dim]' if hit else ''}\n         {escape(what(ev, 140))}")
+            f"{' [dim](' + escape(hit) + ')[/dim]' if hit else ''}\n         {escape(what_alert(a, 140))}")
 
 
 class LiveSink:
