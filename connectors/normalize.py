@@ -1,5 +1,9 @@
 """Turn one decoded Windows event record (any supported shape) into a flat event dict.
 
+Why one module past ~500 lines: the conventions below (GUID form, empty elements, typing,
+line endings) must be applied identically to every input shape; keeping the shapes and the
+conventions together is what makes the EVTX and XML paths give one document.
+
 Supported input shapes, detected per record:
 
 1. EVTX JSON as produced by the ``evtx`` package (``{"Event": {"System": ..,

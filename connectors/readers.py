@@ -1,5 +1,9 @@
 """Read Windows events from EVTX / JSON / JSONL / XML files (optionally gzip'ed) and stdin.
 
+Why one module past ~500 lines: every input format (EVTX, JSON lines, JSON arrays and
+objects, XML via connectors.xml_events, gzip, stdin) shares the same detection of the
+format, position counting and error reporting; split by format, each would repeat them.
+
 Public API::
 
     find_event_files(paths) -> list[Path]

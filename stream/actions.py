@@ -1,5 +1,8 @@
 """Action requests (responder -> endpoint) and their signatures.
 
+Why one module past ~500 lines: the request format, its canonical encoding, the capped
+decoder and signature verification are one security boundary, reviewed together.
+
 On the actions topic (key = host) each message is
 
     {"request": {...ActionRequest...}, "signature": {"alg": "ed25519", "kid": "k1", "sig": "<base64>"}}
