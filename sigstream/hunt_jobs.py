@@ -260,7 +260,7 @@ def hunt_parallel(files: Sequence[Path], detector: Detector, sink: Any, stats: A
                   on_progress: Callable[[Path, float], None] | None, clock: Callable[[], float],
                   chunk_bytes: int = CHUNK_BYTES, method: str | None = None) -> Any:
     """The body of hunting.hunt_files with `jobs` worker processes (see the module doc)."""
-    engine, stages, add = detector.engine, detector.stages, sink.add
+    engine, add = detector.engine, sink.add
     method = start_method(method)
     ctx = multiprocessing.get_context(method)
     # fork: workers inherit the engine (nothing is pickled); spawn: rebuilt from the rules
@@ -276,7 +276,7 @@ def hunt_parallel(files: Sequence[Path], detector: Detector, sink: Any, stats: A
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _pool_hunt(ctx, first, files, detector, stats, jobs, add, engine, stages, on_error,
+        _pool_hunt(ctx, first, files, detector, stats, jobs, add, engine, on_error,
                    on_file_done, on_progress, clock, chunk_bytes)
     finally:
         if gc_was_enabled:
@@ -285,7 +285,7 @@ def hunt_parallel(files: Sequence[Path], detector: Detector, sink: Any, stats: A
 
 
 def _pool_hunt(ctx: Any, first: Any, files: Sequence[Path], detector: Detector, stats: Any, jobs: int,
-               add: Callable, engine: Engine, stages: list, on_error: Callable[[ReadError], None],
+               add: Callable, engine: Engine, on_error: Callable[[ReadError], None],
                on_file_done: Callable[[Path], None], on_progress: Callable[[Path, float], None] | None,
                clock: Callable[[], float], chunk_bytes: int) -> None:
     tasks = plan(files, chunk_bytes)
@@ -305,25 +305,20 @@ def _pool_hunt(ctx: Any, first: Any, files: Sequence[Path], detector: Detector, 
             submit()
             stats.events += n
             detector.events += matched
-            _merge(items, detector, engine, stages, add, stats, on_error, clock)
+            _merge(items, detector, engine, add, stats, on_error, clock)
             if on_progress is not None:
                 on_progress(Path(task.path), task.part)
             if task.last:
                 on_file_done(Path(task.path))
 
 
-def _merge(items: list[tuple], detector: Detector, engine: Engine, stages: list, add: Callable,
+def _merge(items: list[tuple], detector: Detector, engine: Engine, add: Callable,
            stats: Any, on_error: Callable[[ReadError], None], clock: Callable[[], float]) -> None:
     """One task's items, in order, as the sequential hunt would have handled them."""
     for item in items:
         tag = item[0]
         if tag == "A":            # a matched event's alerts -> the stages (correlation), in order
-            alerts = item[1]
-            if stages:
-                event, now = alerts[0]["event"], clock()
-                for stage in stages:
-                    alerts = stage.feed(alerts, event, now)
-            detector.alerts += len(alerts)
+            alerts = detector.through_stages(item[1], item[1][0]["event"], clock())
             for alert in alerts:
                 add(alert)
             stats.alerts += len(alerts)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from sigstream.stream.alerts import build_alert
 from sigstream.stream.engine import Engine
@@ -87,12 +87,8 @@ class Detector:
         out: list[dict] = []
         if self.assembler is not None and self.assembler.pending:
             for whole, src in self.assembler.expire_with_source(now):
-                out += self._match(whole, src, now)
-        for stage in self.stages:
-            out = stage.feed(out, None, now) if out else out
-            out += stage.tick(now)
-        self.alerts += len(out)
-        return out
+                out += self._match(whole, src, now)    # through every stage already
+        return out + self._released(lambda stage: stage.tick(now), now)
 
     def finish(self, now: float) -> list[dict]:
         """End of input: blocks whose parts never all arrived (flagged incomplete), then
@@ -100,10 +96,19 @@ class Detector:
         out: list[dict] = []
         if self.assembler is not None:
             for whole, src in self.assembler.flush_with_source():
-                out += self._match(whole, src, now)
-        for stage in self.stages:
-            out = stage.feed(out, None, now) if out else out
-            out += stage.finish(now)
+                out += self._match(whole, src, now)    # through every stage already
+        return out + self._released(lambda stage: stage.finish(now), now)
+
+    def _released(self, release: Callable[[Stage], list[dict]], now: float) -> list[dict]:
+        """What each stage releases, passed through the stages after it (only those: the
+        stages before it have seen its inputs already)."""
+        out: list[dict] = []
+        for i, stage in enumerate(self.stages):
+            alerts = release(stage)
+            for later in self.stages[i + 1:]:
+                if alerts:
+                    alerts = later.feed(alerts, None, now)
+            out += alerts
         self.alerts += len(out)
         return out
 
@@ -121,17 +126,19 @@ class Detector:
         hits = engine.match(event)
         if not hits:
             if self.stages:
-                return self._staged([], event, now)
+                return self.through_stages([], event, now)
             return hits
         detected_at = iso_utc(now)
         alerts = [build_alert(hit, event, source=source, detected_at=detected_at,
                               matched=engine.explain(hit, event)) for hit in hits]
         if self.stages:
-            return self._staged(alerts, event, now)
+            return self.through_stages(alerts, event, now)
         self.alerts += len(alerts)
         return alerts
 
-    def _staged(self, alerts: list[dict], event: dict, now: float) -> list[dict]:
+    def through_stages(self, alerts: list[dict], event: dict, now: float) -> list[dict]:
+        """One event's alerts through every stage, in order (also used by `hunt --jobs`,
+        whose workers match and whose parent runs the stages)."""
         for stage in self.stages:
             alerts = stage.feed(alerts, event, now)
         self.alerts += len(alerts)

@@ -88,3 +88,26 @@ def test_without_reassembly_fragments_are_matched_alone():
     d = Detector(engine(), reassemble=False)
     assert len(d.detect(fragment(1, 2, "AmsiUtils", 1), None, 0.0)) == 1
     assert not d.holds_state
+
+
+def test_a_flushed_block_passes_each_stage_once_and_is_counted_once():
+    # regression: finish()/tick() fed blocks already matched through the stages to them again
+    stage = Recorder()
+    d = Detector(engine(), stages=[stage])
+    d.detect(fragment(1, 2, "GetType('AmsiUtils')", 40, block="{flushed}"), None, 0.0)
+    out = d.finish(0.0)
+    assert stage.seen == ["AMSI utils in a script block"]
+    assert [a["rule"]["title"] for a in out] == ["AMSI utils in a script block", "stage"]
+    assert d.alerts == 2
+    d2 = Detector(engine(), stages=[Recorder()])
+    d2.detect(fragment(1, 2, "GetType('AmsiUtils')", 41, block="{expired}"), None, 0.0)
+    (alert,) = d2.tick(10_000.0)
+    assert d2.stages[0].seen == ["AMSI utils in a script block"] and d2.alerts == 1
+
+
+def test_what_a_stage_releases_goes_through_the_later_stages_only():
+    first, second = Recorder(), Recorder()
+    d = Detector(engine(), stages=[first, second])
+    out = d.finish(0.0)
+    assert [a["rule"]["title"] for a in out] == ["stage", "stage"]
+    assert first.seen == [] and second.seen == ["stage"]
