@@ -55,8 +55,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import orjson
 
 from sigstream.stream.correlation_state import field_value
-from sigstream.stream.correlation import Correlator, CorrelationResult, Match, match_from_alert
+from sigstream.stream.correlation import Correlator, CorrelationResult, Match
 from sigstream.stream.correlation_alert import correlation_alert
+from sigstream.stream.correlation_stage import CorrelationIntake, is_suppressed
 from sigstream.stream.detector import iso_utc
 from sigstream.stream.event_time import EventTimeBuffer
 from sigstream.stream.rules import Correlation, _canonical_ref
@@ -149,14 +150,6 @@ def correlation_families(correlations: Sequence[Correlation]) -> list[Family]:
     return out
 
 
-def _suppressed(suppressed: frozenset[str], rule_id: str | None, name: str | None) -> bool:
-    """As stream.correlation_stage: by id, or "name:" + name."""
-    if not suppressed:
-        return False
-    return (rule_id is not None and rule_id in suppressed) or \
-        (name is not None and f"name:{name}" in suppressed)
-
-
 # ------------------------------------------------------------------ records
 
 def encode_record(match: Match, fields: Sequence[str]) -> bytes:
@@ -208,7 +201,7 @@ def _match_of(j: Mapping[str, Any]) -> Match:
 Send = Callable[[bytes, bytes, int], Any]   # send(key, value, timestamp_ms)
 
 
-class CorrelationForwarder:
+class CorrelationForwarder(CorrelationIntake):
     """A Detector stage for the Kafka event processor: base alerts that correlations
     reference -> one compact record per family on the repartition topic (via `send`).
 
@@ -219,12 +212,11 @@ class CorrelationForwarder:
 
     def __init__(self, correlations: Sequence[Correlation], send: Send, *,
                  suppressed: frozenset[str] = frozenset()):
+        super().__init__(suppressed)
         self.families = correlation_families(correlations)
         self._wants = [(f, Correlator(f.correlations)) for f in self.families]
         self.send = send
-        self.suppressed = suppressed
         self.forwarded = 0
-        self.untimed = 0
 
     def targets(self, rule_id: str | None, name: str | None) -> list[Family]:
         return [f for f, c in self._wants if c.wants(rule_id, name)]
@@ -232,25 +224,12 @@ class CorrelationForwarder:
     def feed(self, alerts: list[dict], event: dict | None, now: float) -> list[dict]:
         if not alerts:
             return alerts
-        out: list[dict] = []
-        for alert in alerts:
-            rule = alert.get("rule") or {}
-            rid, name = rule.get("id"), rule.get("name")
-            families = self.targets(rid, name)
-            if families:
-                match = match_from_alert(alert)
-                if match is None:
-                    self.untimed += 1
-                    if self.untimed == 1:
-                        log.warning("an alert of %r has no parseable event time: it cannot be "
-                                    "correlated (counted as untimed)", rule.get("title"))
-                else:
-                    ts = int(round(match.time * 1000))
-                    for f in families:
-                        self.send(f.key_bytes, encode_record(match, f.fields), ts)
-                        self.forwarded += 1
-            if not _suppressed(self.suppressed, rid, name):
-                out.append(alert)
+        matches, out = self.take(alerts, self.targets)
+        for match, families in matches:
+            ts = int(round(match.time * 1000))
+            for f in families:
+                self.send(f.key_bytes, encode_record(match, f.fields), ts)
+                self.forwarded += 1
         return out
 
     def tick(self, now: float) -> list[dict]:
@@ -322,7 +301,7 @@ class FamilyEvaluator:
             results += self.correlator.flush()
         detected_at = iso_utc(now)
         out = [correlation_alert(r, detected_at=detected_at) for r in results
-               if not _suppressed(self.suppressed, r.correlation.id, r.correlation.name)]
+               if not is_suppressed(self.suppressed, r.correlation)]
         self.alerts += len(out)
         return out
 

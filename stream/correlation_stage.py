@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from sigstream.stream.correlation import Correlator, CorrelationResult, match_from_alert
+from sigstream.stream.correlation import Correlator, CorrelationResult, Match, match_from_alert
 from sigstream.stream.correlation_alert import correlation_alert
 from sigstream.stream.detector import iso_utc
+from sigstream.stream.correlation_rules import rule_key
 from sigstream.stream.event_time import EventTimeBuffer
 
 log = logging.getLogger(__name__)
@@ -36,28 +37,30 @@ log = logging.getLogger(__name__)
 DEFAULT_LATENESS_S = 300.0
 
 
-class CorrelationStage:
-    """A Detector stage evaluating correlation rules in memory (see module doc)."""
+def is_suppressed(suppressed: frozenset[str], rule: Any) -> bool:
+    """Must this rule, correlation or alert `rule` dict not alert on its own (generate:
+    false)? `suppressed` holds stream.rules.rule_key()s."""
+    return bool(suppressed) and rule_key(rule) in suppressed
 
-    def __init__(self, correlator: Correlator, *, suppressed: frozenset[str] = frozenset(),
-                 lateness_s: float = DEFAULT_LATENESS_S,
-                 on_result: Callable[[CorrelationResult], None] | None = None):
-        self.correlator = correlator
+
+class CorrelationIntake:
+    """What both correlation stages (in memory here, forwarded over Kafka in
+    stream.correlation_forward) do with a batch of base alerts: the alerts of referenced
+    rules become Matches (an alert without a parseable event time is counted as untimed
+    and logged once), and the alerts of suppressed rules are held back."""
+
+    def __init__(self, suppressed: frozenset[str]):
         self.suppressed = suppressed
-        self.buffer = EventTimeBuffer(lateness_s)
-        self.on_result = on_result
         self.untimed = 0
-        self.alerts = 0
 
-    def feed(self, alerts: list[dict], event: dict | None, now: float) -> list[dict]:
-        if not alerts:
-            return alerts
+    def take(self, alerts: list[dict], targets: Callable[[Any, Any], Any]) -> tuple[list, list[dict]]:
+        """([(match, targets(id, name)), ...], the alerts to emit)."""
+        matches: list[tuple[Match, Any]] = []
         out: list[dict] = []
-        fed = False
         for alert in alerts:
             rule = alert.get("rule") or {}
-            rid, name = rule.get("id"), rule.get("name")
-            if self.correlator.wants(rid, name):
+            wanted = targets(rule.get("id"), rule.get("name"))
+            if wanted:
                 match = match_from_alert(alert)
                 if match is None:
                     self.untimed += 1
@@ -65,11 +68,31 @@ class CorrelationStage:
                         log.warning("an alert of %r has no parseable event time: it cannot be "
                                     "correlated (counted as untimed)", rule.get("title"))
                 else:
-                    self.buffer.add(match)
-                    fed = True
-            if not self._suppressed(rid, name):
+                    matches.append((match, wanted))
+            if not is_suppressed(self.suppressed, rule):
                 out.append(alert)
-        if fed:
+        return matches, out
+
+
+class CorrelationStage(CorrelationIntake):
+    """A Detector stage evaluating correlation rules in memory (see module doc)."""
+
+    def __init__(self, correlator: Correlator, *, suppressed: frozenset[str] = frozenset(),
+                 lateness_s: float = DEFAULT_LATENESS_S,
+                 on_result: Callable[[CorrelationResult], None] | None = None):
+        super().__init__(suppressed)
+        self.correlator = correlator
+        self.buffer = EventTimeBuffer(lateness_s)
+        self.on_result = on_result
+        self.alerts = 0
+
+    def feed(self, alerts: list[dict], event: dict | None, now: float) -> list[dict]:
+        if not alerts:
+            return alerts
+        matches, out = self.take(alerts, self.correlator.wants)
+        for match, _ in matches:
+            self.buffer.add(match)
+        if matches:
             out += self._results(self.buffer.release(), now, final=False)
         return out
 
@@ -87,12 +110,6 @@ class CorrelationStage:
         return {**self.correlator.stats, "held": self.buffer.held, "late": self.buffer.late,
                 "untimed": self.untimed, "alerts": self.alerts}
 
-    def _suppressed(self, rule_id: str | None, name: str | None) -> bool:
-        if not self.suppressed:
-            return False
-        return (rule_id is not None and rule_id in self.suppressed) or \
-            (name is not None and f"name:{name}" in self.suppressed)
-
     def _results(self, matches: list, now: float, final: bool) -> list[dict]:
         results: list[CorrelationResult] = []
         for m in matches:
@@ -104,7 +121,7 @@ class CorrelationStage:
         for r in results:
             if self.on_result is not None:
                 self.on_result(r)
-            if not self._suppressed(r.correlation.id, r.correlation.name):
+            if not is_suppressed(self.suppressed, r.correlation):
                 out.append(correlation_alert(r, detected_at=detected_at))
         self.alerts += len(out)
         return out

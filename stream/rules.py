@@ -134,35 +134,26 @@ class RuleSelection:
     products: frozenset[str] = frozenset()   # logsource products, e.g. {"windows"}
 
     def accepts(self, rule: Rule) -> bool:
-        if self.min_level and LEVELS.index(rule.level or "informational") < LEVELS.index(self.min_level):
-            return False
-        status = rule.status or "experimental"
-        if self.statuses is None:
-            if status in HIDDEN_STATUSES:
-                return False
-        elif status not in self.statuses:
-            return False
-        if self.rule_ids and (rule.id or "") not in self.rule_ids:
-            return False
-        if self.tags and not self.tags.intersection(t.lower() for t in rule.tags):
-            return False
         if self.products and rule.logsource.get("product", "").lower() not in self.products:
             return False
-        return True
+        return self._accepts_meta(rule)
 
     def accepts_correlation(self, corr: Correlation) -> bool:
         """As `accepts`, without the product filter (a correlation has no log source)."""
-        if self.min_level and LEVELS.index(corr.level or "informational") < LEVELS.index(self.min_level):
+        return self._accepts_meta(corr)
+
+    def _accepts_meta(self, item: "Rule | Correlation") -> bool:
+        if self.min_level and LEVELS.index(item.level or "informational") < LEVELS.index(self.min_level):
             return False
-        status = corr.status or "experimental"
+        status = item.status or "experimental"
         if self.statuses is None:
             if status in HIDDEN_STATUSES:
                 return False
         elif status not in self.statuses:
             return False
-        if self.rule_ids and (corr.id or "") not in self.rule_ids:
+        if self.rule_ids and (item.id or "") not in self.rule_ids:
             return False
-        if self.tags and not self.tags.intersection(t.lower() for t in corr.tags):
+        if self.tags and not self.tags.intersection(t.lower() for t in item.tags):
             return False
         return True
 
