@@ -256,17 +256,17 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
               echo: Any = None, session_timeout_s: float = 45.0,
               wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0,
               topic_prefix: str = "sigstream", metrics_at: tuple[str, int] | None = None) -> Any:
-    from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaError, KafkaSettings,
-                                  KafkaSource, create_topics)
+    from sigstream.connectors.kafka import (KafkaAlertSink, KafkaConnectError, KafkaDeadLetterSink,
+                                            KafkaError, KafkaSettings, KafkaSource, create_topics)
     from sigstream.stream.correlation_stage import CorrelationStage
     from sigstream.stream.processor import Processor
 
     settings = KafkaSettings.from_env(bootstrap=bootstrap)
     try:  # the output topics must exist (the broker may not auto-create them); idempotent
         create_topics(settings, [alerts_topic, dlq_topic])
+    except KafkaConnectError:  # unreachable, wrong credentials or TLS: said once, as the error
+        raise
     except KafkaError as e:
-        if getattr(e, "config", False):  # wrong credentials/TLS: say it once, as the error
-            raise
         log.warning("could not create %s/%s (they must exist): %s", alerts_topic, dlq_topic, e)
     correlation = None
     if any(isinstance(s, CorrelationStage) for s in detector.stages):
