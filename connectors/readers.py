@@ -9,7 +9,11 @@ Public API::
     find_event_files(paths) -> list[Path]
     read_records(path) -> Iterator[tuple[dict, SourceRef] | ReadError]   # raw decoded records
     read_events(paths, on_error=None) -> Iterator[tuple[dict, SourceRef]] # normalised events
+    read_stdin_records(stream=None) -> Iterator[tuple[dict, SourceRef] | ReadError]
     read_stdin_events(on_error=None, stream=None) -> Iterator[tuple[dict, SourceRef]]
+
+Standard input is read like a file (format and gzip detected by content), streamed;
+only EVTX is spooled whole first (its parser needs to seek). Its path is ``"<stdin>"``.
 
 ``SourceRef.position`` (1-based) means:
 
@@ -56,7 +60,8 @@ from .xml_events import RAW_KEEP, event_record, split_events
 
 __all__ = [
     "SourceRef", "ReadError", "EVENT_FILE_SUFFIXES", "find_event_files",
-    "read_records", "read_events", "read_stdin_events", "detect_format",
+    "read_records", "read_events", "read_stdin_records", "read_stdin_events", "detect_format",
+    "STDIN_PATH",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,14 +117,16 @@ def _has_event_suffix(name: str) -> bool:
     return name.lower().endswith(_ALL_SUFFIXES)
 
 
-def find_event_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def find_event_files(paths: Iterable[str | os.PathLike],
+                     on_error: Callable[[OSError], None] | None = None) -> list[Path]:
     """Expand ``paths`` into event files.
 
     Files are taken as given (whatever their extension); directories are
     searched recursively (symlinked directories are not followed) for
     ``*.evtx``, ``*.json``, ``*.jsonl``, ``*.ndjson``, ``*.xml`` and the same with ``.gz``
     (case-insensitive). Each directory's files are sorted; arguments keep their
-    order; duplicates are dropped. A missing path raises FileNotFoundError.
+    order; duplicates are dropped. A missing path raises FileNotFoundError, or with
+    `on_error` is passed to it (as are directories that cannot be listed) and skipped.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -135,7 +142,7 @@ def find_event_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             found = []
-            for root, dirs, files in os.walk(p):
+            for root, dirs, files in os.walk(p, onerror=on_error):
                 dirs.sort()
                 for name in files:
                     if _has_event_suffix(name):
@@ -144,6 +151,8 @@ def find_event_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 add(f)
         elif p.exists():
             add(p)
+        elif on_error is not None:
+            on_error(FileNotFoundError(2, os.strerror(2), str(raw)))
         else:
             raise FileNotFoundError(f"no such file or directory: {str(raw)!r}")
     return out
@@ -188,9 +197,18 @@ def _xml_encoding(head: bytes) -> str | None:
     return enc if text.lstrip()[:1] == "<" else None
 
 
+def _peek(fobj: IO[bytes], n: int) -> bytes:
+    """The first `n` bytes, left unread: read and rewind, or (stdin) what a BufferedReader
+    holds (see _Sniffed: it holds the whole sniffed head)."""
+    if fobj.seekable():
+        head = fobj.read(n)
+        fobj.seek(0)
+        return head
+    return fobj.peek(n)[:n]  # type: ignore[attr-defined]
+
+
 def _format_of(fobj: IO[bytes]) -> str:
-    head = fobj.read(64)
-    fobj.seek(0)
+    head = _peek(fobj, 64)
     if head[:8] == _EVTX_MAGIC:
         return "evtx"
     return "xml" if _xml_encoding(head) else "json"
@@ -475,7 +493,7 @@ def _read_json(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iter
     fobj, gz = opened or _open_maybe_gzip(path)
     with fobj:
         try:
-            head = fobj.read(4096)
+            head = _peek(fobj, 4096)
         except (OSError, EOFError, zlib.error) as e:
             yield ReadError(spath, None, f"cannot read: {e}")
             return
@@ -483,7 +501,6 @@ def _read_json(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iter
             fobj.close()
             yield from _read_evtx(path)
             return
-        fobj.seek(0)
         # text encoding: UTF-16 (Windows PowerShell redirection) or UTF-8 (default)
         if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
             stream: Any = io.TextIOWrapper(fobj, encoding="utf-16", errors="strict", newline="")
@@ -516,7 +533,7 @@ def _read_json(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iter
             except orjson.JSONDecodeError:
                 is_jsonl = False
             if not is_jsonl:
-                on_disk = os.path.getsize(path)
+                on_disk = 0 if spath == STDIN_PATH else os.path.getsize(path)
                 if on_disk <= MAX_PRETTY_JSON_BYTES or first_line.strip() in (b"{", "{"):
                     rest = stream.read()
                     whole = first_line + rest
@@ -590,8 +607,7 @@ def _read_xml(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Itera
     spath = str(path)
     fobj, _ = opened or _open_maybe_gzip(path)
     with fobj:
-        enc = _xml_encoding(fobj.read(64)) or "utf-8-sig"
-        fobj.seek(0)
+        enc = _xml_encoding(_peek(fobj, 64)) or "utf-8-sig"
         stream = io.TextIOWrapper(fobj, encoding=enc, errors="replace", newline="")
         state = {"error": None}
 
@@ -699,9 +715,68 @@ def read_events(paths: Iterable[str | os.PathLike] | str | os.PathLike,
         yield from _normalised(read_records(p), report)
 
 
+STDIN_PATH = "<stdin>"
+_SNIFF_MAX = 1 << 16
+
+
+class _Prefixed(io.RawIOBase):
+    """`head` (bytes already read from `src`), then the rest of `src`: non-seekable."""
+
+    def __init__(self, head: bytes, src: Any):
+        self._head, self._src = memoryview(head), src
+        self._read = getattr(src, "read1", src.read)   # what is there, without waiting for more
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _sniffed(src: Any) -> io.BufferedReader:
+    """`src` as a BufferedReader whose peek() holds the start of the input: at least 8
+    bytes and the first non-blank one (or all of it, or _SNIFF_MAX bytes), read as it
+    comes (a pipe fed slowly is not waited on for more)."""
+    read = getattr(src, "read1", src.read)
+    head = b""
+    while len(head) < _SNIFF_MAX:
+        if len(head) >= 8 and head.lstrip(b"\xef\xbb\xbf \t\r\n"):
+            break
+        block = read(_SNIFF_MAX - len(head))
+        if not block:
+            break
+        head += block
+    return io.BufferedReader(_Prefixed(head, src), buffer_size=max(_SNIFF_MAX, len(head)))
+
+
+def read_stdin_records(stream: IO[bytes] | None = None) -> Iterator[Item]:
+    """Raw decoded records of standard input (or `stream`), like read_records: format and
+    gzip by content; path ``"<stdin>"``, positions as for a file of that format."""
+    src = stream if stream is not None else sys.stdin.buffer
+    try:
+        fobj: Any = _sniffed(src)
+        gz = _peek(fobj, 2) == _GZIP_MAGIC
+        if gz:
+            fobj = _sniffed(gzip.GzipFile(fileobj=fobj, mode="rb"))
+        fmt = _format_of(fobj)
+    except (OSError, EOFError, zlib.error) as e:
+        yield ReadError(STDIN_PATH, None, f"cannot read: {e}")
+        return
+    try:
+        # EVTX: handed over as if compressed, so the reader spools it to a seekable file
+        yield from _READERS[fmt](Path(STDIN_PATH), (fobj, gz or fmt == "evtx"))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        yield ReadError(STDIN_PATH, None, f"read failed: {e}")
+
+
 def read_stdin_events(on_error: ErrorCallback | None = None,
                       stream: IO[bytes] | None = None) -> Iterator[tuple[dict, SourceRef]]:
-    """JSON lines from stdin (binary); positions are line numbers, path ``"<stdin>"``."""
-    report = on_error or _log_error
-    src = stream if stream is not None else sys.stdin.buffer
-    yield from _normalised(_iter_jsonl(src, "<stdin>"), report)
+    """Normalised events of standard input (or `stream`): see read_stdin_records."""
+    yield from _normalised(read_stdin_records(stream), on_error or _log_error)

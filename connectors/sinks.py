@@ -16,6 +16,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from sigstream.stream.alert_summary import CSV_COLUMNS, csv_row
 from sigstream.stream.envelope import encode, wrap
 
 
@@ -57,15 +58,9 @@ class JsonlSink:
         self.flush()
 
 
-CSV_COLUMNS = (
-    "alert_id", "event_time", "host", "rule_id", "rule_title", "level", "tags",
-    "EventID", "Image", "CommandLine", "TargetObject", "Details", "matched",
-    "source_path", "source_position",
-)
-
-
 class CsvSink:
-    """A flat table for spreadsheets; the full event stays in the JSONL format."""
+    """A flat table for spreadsheets (columns: stream.alert_summary.csv_row); the full event
+    stays in the JSONL format."""
 
     def __init__(self, out: IO[bytes]):
         self.out = out
@@ -74,14 +69,7 @@ class CsvSink:
         self._writer.writerow(CSV_COLUMNS)
 
     def add(self, alert: dict[str, Any]) -> None:
-        rule, ev, src = alert["rule"], alert["event"], alert.get("source") or {}
-        matched = "; ".join(f"{m['selection']}:{m['field']}={m['value']}" for m in alert["matched"])
-        self._writer.writerow([
-            alert["alert_id"], alert.get("event_time"), alert.get("host"), rule["id"],
-            rule["title"], rule["level"], " ".join(rule["tags"]), ev.get("EventID"),
-            ev.get("Image"), ev.get("CommandLine"), ev.get("TargetObject"), ev.get("Details"),
-            matched, src.get("path"), src.get("position"),
-        ])
+        self._writer.writerow(csv_row(alert))
 
     def flush(self) -> None:
         self._text.flush()

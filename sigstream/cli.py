@@ -1,6 +1,7 @@
 """The `sigstream` command line: hunt, check and test (rule authors' tools)."""
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -61,18 +62,31 @@ def main(log_level: str, log_format: str) -> None:
 
 
 def rule_options(f: Callable) -> Callable:
-    """Options shared by every command that loads rules."""
+    """Options shared by every command that loads rules. `--min-level` is the hidden old
+    name of `--level`: the command sees one `min_level` either way."""
+
+    @functools.wraps(f)
+    def merged(*args: Any, min_level_alias: str | None = None, **kwargs: Any) -> Any:
+        if min_level_alias:
+            if kwargs.get("min_level") not in (None, min_level_alias):
+                raise click.UsageError("--level and --min-level (its old name) disagree")
+            kwargs["min_level"] = min_level_alias
+        return f(*args, **kwargs)
+
     options = [
         click.option("-r", "--rules", "rule_paths", multiple=True,
                      type=click.Path(exists=True),
                      help="Rule file or directory (recursive *.yml/*.yaml). Repeatable. "
                           "Default: the bundled rule pack."),
-        click.option("--pipeline", "pipelines", multiple=True, type=click.Path(exists=True, dir_okay=False),
+        click.option("-p", "--pipeline", "pipelines", multiple=True,
+                     type=click.Path(exists=True, dir_okay=False),
                      help="pySigma processing pipeline YAML (e.g. field mappings), after the built-in "
                           "Sysmon/Windows log-source pipelines. Repeatable."),
         click.option("--placeholders", type=click.Path(exists=True, dir_okay=False),
                      help="YAML mapping placeholder name -> list of values, for the `expand` modifier."),
-        click.option("--min-level", type=click.Choice(LEVELS), help="Only rules of at least this level."),
+        click.option("--level", "min_level", type=click.Choice(LEVELS),
+                     help="Only rules of at least this level."),
+        click.option("--min-level", "min_level_alias", type=click.Choice(LEVELS), hidden=True),
         click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
                      help="Only rules with these statuses (default: all but deprecated and unsupported)."),
         click.option("--rule-id", "rule_ids", multiple=True, help="Only these rule ids. Repeatable."),
@@ -83,11 +97,31 @@ def rule_options(f: Callable) -> Callable:
         click.option("--no-cache", is_flag=True, help="Do not use the compile cache (~/.cache/sigstream)."),
     ]
     for option in reversed(options):
-        f = option(f)
-    return f
+        merged = option(merged)
+    return merged
 
 
-def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
+def no_rules_message(loaded: LoadedRules, rule_paths: Any) -> str:
+    """Why a load gave no rule to run, naming the folders/files searched."""
+    where = ", ".join(str(p) for p in rule_paths) or "the bundled rule pack"
+    if not loaded.files:
+        return f"no Sigma rule found in {where} (searched *.yml, *.yaml recursively)"
+    if loaded.errors:
+        return (f"no rule loaded from {where}: {loaded.files} file(s), {len(loaded.errors)} "
+                "rejected (see the rule errors above)")
+    return (f"no rule selected from {where}: {loaded.files} file(s), {loaded.skipped} rule(s) "
+            "left out by --level/--status/--rule-id/--tag/--product")
+
+
+def exit_no_rules(message: str) -> None:
+    """Running no rule is a usage error: one line, exit 2 (hunt, test; `run` may use it)."""
+    err_console.print(f"[red]error[/red] {escape(message)}")
+    sys.exit(EXIT_USAGE)
+
+
+def _load(opts: dict[str, Any], quiet: bool = False, require_rules: bool = False) -> LoadedRules:
+    """Load the rules the options select. `require_rules`: none at all is an error (exit 2,
+    see no_rules_message); `run`'s reload must not exit, so it is not the default."""
     placeholders = None
     if opts.get("placeholders"):
         placeholders = yaml.safe_load(Path(opts["placeholders"]).read_text()) or {}
@@ -115,12 +149,14 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
     if opts.get("strict") and loaded.errors:
         err_console.print(f"[red]--strict: {len(loaded.errors)} rule error(s)[/red]")
         sys.exit(EXIT_USAGE)
+    if require_rules and not loaded.rules:
+        exit_no_rules(no_rules_message(loaded, opts.get("rule_paths") or ()))
     return loaded
 
 
 @main.command()
 @rule_options
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True)
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]),
               help="Output format (default: table on a terminal, jsonl otherwise).")
 @click.option("--alert-format", type=click.Choice(["native", "ecs", "ocsf"]), default="native",
@@ -140,29 +176,41 @@ def _load(opts: dict[str, Any], quiet: bool = False) -> LoadedRules:
 @click.option("-j", "--jobs", type=click.IntRange(1), default=None,
               help="Worker processes (default: the CPUs this process may use; inputs under 32 MiB "
                    "run in one). Same output, in the same order, as --jobs 1.")
+@click.option("--from", "time_from", metavar="TIME",
+              help="Only events at or after TIME: ISO 8601 date or date-time (UTC unless an offset "
+                   "is given), or a span back from now (30m, 24h, 7d).")
+@click.option("--to", "time_to", metavar="TIME",
+              help="Only events at or before TIME (a date alone: up to the end of that day).")
 def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str | None,
          errors_path: str | None, progress: bool | None, no_enrich: bool, ioc_paths: tuple[str, ...],
-         jobs: int | None, **opts: Any) -> None:
-    """Run Sigma rules over event files (.evtx, JSON lines, JSON arrays, XML exports, .gz, directories).
+         jobs: int | None, time_from: str | None, time_to: str | None, **opts: Any) -> None:
+    """Run Sigma rules over event files (.evtx, JSON lines, JSON arrays, XML exports, .gz,
+    directories; `-` is standard input, any of these formats).
 
     \b
     Examples:
       sigstream hunt -r sigma_rules/ samples/
-      sigstream hunt -r ../sigma/rules/windows --min-level high -f jsonl -o hits.jsonl logs/
-    Exit status: 0 whether or not anything matched; 2 on usage errors or --strict rule errors.
+      sigstream hunt -r ../sigma/rules/windows --level high -f jsonl -o hits.jsonl logs/
+      zcat day.jsonl.gz | sigstream hunt --from 2026-11-24T08:00 --to 2026-11-24T12:00 -
+    Events outside --from/--to are read and counted but not matched; events with no
+    readable time are matched (the summary counts them).
+    Exit status: 0 whether or not anything matched; 1 if an input path could not be
+    read (the others are still hunted); 2 on usage errors, no rule to run, or --strict
+    rule errors.
     """
-    from sigstream.connectors.readers import find_event_files
     from sigstream.connectors.sinks import CsvSink, JsonlSink
     from sigstream.hunting import hunt_files
     from sigstream.render import TableSink
     from sigstream.stream.correlation_stage import correlation_stages
     from sigstream.stream.detector import Detector
     from sigstream.stream.engine import Engine
+    from sigstream.time_window import TimeWindow
 
     try:
-        files = find_event_files(paths)
-    except FileNotFoundError as e:
-        raise click.UsageError(str(e))
+        window = TimeWindow.parse(time_from, time_to, now=time.time())
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--from/--to")
+    files, unreadable_inputs = _input_files(paths)
     t0 = time.perf_counter()
     loaded = _load(opts)
     rules = list(loaded.rules)
@@ -172,6 +220,8 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
         for p in iocs.problems:
             err_console.print(f"[yellow]ioc list[/yellow] {p}", soft_wrap=True)
         rules.extend(iocs.rules)
+    if not rules:   # an IOC list alone is something to run
+        exit_no_rules(no_rules_message(loaded, opts.get("rule_paths") or ()))
     if no_enrich:
         enrich = None
     else:
@@ -213,7 +263,8 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     from sigstream.hunt_jobs import default_jobs
     with _progress(show_progress, len(files)) as advance:
         stats = hunt_files(files, detector, sink, on_error=on_error, on_progress=advance,
-                           jobs=jobs or default_jobs(), min_parallel_bytes=0 if jobs else 32 << 20)
+                           jobs=jobs or default_jobs(), min_parallel_bytes=0 if jobs else 32 << 20,
+                           window=window)
     sink.close()
     if output:
         out_stream.close()
@@ -223,11 +274,59 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
         err_console.print(f"[yellow]evaluation problem[/yellow] {e.rule.path}: {e.rule.title}: {e.reason}",
                           soft_wrap=True)
     rate = stats.events / stats.seconds if stats.seconds > 0 else 0.0
+    window_note = ""
+    if window is not None:
+        window_note = f", {stats.outside:,} outside --from/--to"
+        if stats.untimed:
+            window_note += f", {stats.untimed:,} without a readable time (hunted anyway)"
     err_console.print(
-        f"{stats.events:,} events read from {len(files):,} file(s), {len(rules):,} rules loaded "
-        f"({len(loaded.errors)} rejected, {load_seconds:.2f}s), {stats.alerts:,} detections, "
+        f"{stats.events:,} events read from {len(files):,} file(s)"
+        f"{f' ({unreadable_inputs} input path(s) could not be read)' if unreadable_inputs else ''}, "
+        f"{len(rules):,} rules loaded "
+        f"({len(loaded.errors)} rejected, {load_seconds:.2f}s), {stats.alerts:,} detections"
+        f"{window_note}, "
         f"{stats.unreadable + stats.failed:,} unreadable records, {stats.seconds:.2f}s, "
         f"{rate:,.0f} events/s", highlight=False)
+    if unreadable_inputs:
+        sys.exit(1)
+
+
+def _input_files(paths: tuple[str, ...]) -> tuple[list[Path], int]:
+    """The event files under `paths` (`-`: standard input, once) and how many paths
+    could not be read: each is named on stderr and left out, the others are hunted
+    (as grep does); hunt then exits 1."""
+    from sigstream.connectors.readers import find_event_files
+    from sigstream.hunting import STDIN
+
+    problems = 0
+
+    def cannot_read(e: OSError) -> None:
+        nonlocal problems
+        problems += 1
+        err_console.print(f"[red]error[/red] cannot read {escape(str(e.filename))}: "
+                          f"{escape(e.strerror or str(e))}")
+
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for p in paths:
+        for f in [STDIN] if p == "-" else find_event_files([p], on_error=cannot_read):
+            if f in seen:
+                continue
+            seen.add(f)
+            if f == STDIN:
+                if sys.stdin.isatty():   # not an error (as grep), but a silent wait looks like a hang
+                    err_console.print("[dim]reading events from the terminal; end with Ctrl-D[/dim]")
+                files.append(f)
+                continue
+            try:   # opened here so that a file we may not read is one clear line, not a record error
+                open(f, "rb").close()
+            except OSError as e:
+                if e.filename is None:
+                    e.filename = str(f)
+                cannot_read(e)
+                continue
+            files.append(f)
+    return files, problems
 
 
 class _progress:
@@ -256,34 +355,53 @@ class _progress:
 
 @main.command()
 @click.argument("rule_paths", nargs=-1, type=click.Path(exists=True))
-@click.option("--pipeline", "pipelines", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="pySigma processing pipeline YAML to apply before compiling.")
+@click.option("-p", "--pipeline", "pipelines", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="pySigma processing pipeline YAML to apply before compiling (its log sources count "
+                   "as known). Repeatable.")
 @click.option("--placeholders", type=click.Path(exists=True, dir_okay=False),
               help="YAML mapping placeholder name -> list of values.")
 @click.option("--no-cache", is_flag=True, help="Ignore the compile cache.")
-def check(rule_paths: tuple[str, ...], **opts: Any) -> None:
-    """Validate rules offline (default: the bundled pack): YAML, schema, modifiers, conditions, regexes.
+@click.option("--strict", is_flag=True, help="Warnings count as errors (exit 1).")
+def check(rule_paths: tuple[str, ...], strict: bool, **opts: Any) -> None:
+    """Lint rules offline (default: the bundled pack): YAML, schema, modifiers, conditions, regexes,
+    duplicate ids, unknown log sources, missing id/level, malformed ATT&CK tags.
 
-    One line per problem with its location; exit 1 if any rule has an error.
+    \b
+    One line per problem, `file:line: error|warning: message`, sorted by file and line.
+    Exit status: 0 clean (warnings allowed), 1 on errors (or warnings with --strict),
+    2 when there is no rule to check.
     """
     from sigstream.stream.engine import Engine
-    from sigstream.stream.rules import RuleError, rule_line
+    from sigstream.stream.rule_lint import ERROR, WARNING, Problem, Report, lint_file
+    from sigstream.stream.rules import RuleError, find_rule_files, logsource_catalog, rule_line
 
-    opts.update(rule_paths=rule_paths or (str(bundled_rules()),), statuses=STATUSES)
+    paths = rule_paths or (str(bundled_rules()),)
+    opts.update(rule_paths=paths, statuses=STATUSES)
     loaded = _load(opts, quiet=True)
+    if not loaded.files:
+        exit_no_rules(no_rules_message(loaded, paths))
+    if not (loaded.rules or loaded.correlations or loaded.errors):
+        exit_no_rules(f"no Sigma rule in {', '.join(paths)}: {loaded.files} file(s) without rules")
     engine = Engine(loaded.rules)
-    problems = [str(e) for e in loaded.errors]
-    problems += [str(RuleError(e.rule.path, e.rule.id, e.rule.title, e.reason,
-                               rule_line(e.rule.path, e.rule.id, e.rule.title))) for e in engine.errors]
-    for p in problems:
-        click.echo(f"error: {p}")
+    report = Report()
+    report.add(Problem.of_error(e) for e in loaded.errors)
+    report.add(Problem.of_error(RuleError(e.rule.path, e.rule.id, e.rule.title, e.reason,
+                                          rule_line(e.rule.path, e.rule.id, e.rule.title)))
+               for e in engine.errors)
+    catalog = logsource_catalog(opts.get("pipelines") or ())
+    for f in find_rule_files(paths):
+        report.add(lint_file(str(f), f.read_bytes(), catalog))
+    for p in report.sorted():
+        click.echo(str(p))
     for c in loaded.correlations:
         click.echo(f"correlation: {c.path}: {c.title!r} [{c.id}] ({c.type} over "
                    f"{', '.join(c.rules)}, {c.timespan_s:g}s"
                    f"{', group by ' + ', '.join(c.group_by) if c.group_by else ''})")
-    click.echo(f"{loaded.files} file(s): {len(engine.rules)} rule(s) compiled, "
-               f"{len(problems)} error(s), {len(loaded.correlations)} correlation rule(s)")
-    sys.exit(1 if problems else 0)
+    errors, warnings = report.count(ERROR), report.count(WARNING)
+    click.echo(f"{loaded.files} file(s): {len(engine.rules)} rule(s) compiled, {errors} error(s), "
+               f"{warnings} warning(s), {len(loaded.correlations)} correlation rule(s)"
+               + (" (--strict: warnings are errors)" if strict and warnings else ""))
+    sys.exit(1 if errors or (strict and warnings) else 0)
 
 
 @main.command("test")
@@ -309,8 +427,12 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
     """
     from sigstream.connectors.normalize import normalize
     from sigstream.stream.enrich import enrich
+    from sigstream.stream.rules import find_rule_files
     from sigstream.stream.ruletests import run_tests
 
+    t0 = time.perf_counter()
+    if rule_paths and not find_rule_files(rule_paths):
+        exit_no_rules(no_rules_message(LoadedRules(), rule_paths))
     report = run_tests(rule_paths or (str(bundled_rules()),), prepare=normalize, enrich=enrich)
     for e in report.errors:
         click.echo(click.style("ERROR ", fg="red") + e)
@@ -323,7 +445,8 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
         click.echo(click.style("note  ", fg="yellow") + f"{u}: no tests")
     passed = sum(r.passed for r in report.results)
     click.echo(f"{passed} passed, {len(report.failed)} failed"
-               + (f", {len(report.errors)} errors" if report.errors else ""))
+               + (f", {len(report.errors)} errors" if report.errors else "")
+               + f" in {time.perf_counter() - t0:.2f}s")
     sys.exit(0 if report.ok else 1)
 
 

@@ -47,6 +47,7 @@ from sigstream.stream.correlation_stage import CorrelationStage
 from sigstream.stream.detector import Detector
 from sigstream.stream.engine import Engine, EngineError
 from sigstream.stream.reassembly import _int
+from sigstream.time_window import OUTSIDE, UNTIMED, TimeWindow
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,18 @@ def may_be_fragment(event: dict) -> bool:
 
 
 class _Worker:
-    def __init__(self, engine: Engine, defer_fragments: bool, clock: Callable[[], float]):
+    def __init__(self, engine: Engine, defer_fragments: bool, clock: Callable[[], float],
+                 window: TimeWindow | None = None):
         self.engine = engine
+        self.window = window
         self.detector = Detector(engine, reassemble=False)   # match + alert documents only
         self.defer = defer_fragments
         self.clock = clock
         self.rule_index = {id(r.rule): r.index for r in engine.rules}
 
-    def run(self, task: Task) -> tuple[list[tuple], int, int]:
-        """(items, records read, events matched here) for one task."""
+    def run(self, task: Task) -> tuple[list[tuple], int, int, int, int]:
+        """(items, records read, events matched here, events outside the time window,
+        events without a time) for one task."""
         items: list[tuple] = []
         engine, detect, clock, defer = self.engine, self.detector.detect, self.clock, self.defer
 
@@ -174,10 +178,18 @@ class _Worker:
             records: Any = _iter_jsonl(io.BytesIO(data), task.path, start=task.line)
         else:
             records = read_records(task.path)
-        n, matched0 = 0, self.detector.events
+        n, matched0, outside, untimed = 0, self.detector.events, 0, 0
+        place = self.window.place if self.window is not None else None
         errors_seen = engine.error_count
         for event, src in _normalised(records, unreadable):
             n += 1
+            if place is not None:      # as hunting._hunt: before anything else
+                where = place(event)
+                if where == OUTSIDE:
+                    outside += 1
+                    continue
+                if where == UNTIMED:
+                    untimed += 1
             source = {"path": src.path, "position": src.position}
             if defer and may_be_fragment(event):
                 items.append(("F", event, source))
@@ -196,22 +208,23 @@ class _Worker:
                 items.append(failure)
             elif alerts:
                 items.append(("A", alerts))
-        return items, n, self.detector.events - matched0
+        return items, n, self.detector.events - matched0, outside, untimed
 
 
 _worker: _Worker | None = None
 
 
-def _init_worker(engine_or_spec: Any, defer: bool, clock: Callable[[], float]) -> None:
+def _init_worker(engine_or_spec: Any, defer: bool, clock: Callable[[], float],
+                 window: TimeWindow | None = None) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles ^C and ends the pool
     engine = engine_or_spec if isinstance(engine_or_spec, Engine) else _engine_from_spec(engine_or_spec)
-    _worker = _Worker(engine, defer, clock)
+    _worker = _Worker(engine, defer, clock, window)
     gc.enable()   # a forked worker inherits the parent's disabled collector
     gc.freeze()   # the engine (inherited or built) stays: out of the collector's scans
 
 
-def _run_task(task: Task) -> tuple[list[tuple], int, int]:
+def _run_task(task: Task) -> tuple[list[tuple], int, int, int, int]:
     assert _worker is not None
     return _worker.run(task)
 
@@ -245,6 +258,8 @@ def parallel_reason(files: Sequence[Path], detector: Detector, jobs: int, chunk_
     """Why this hunt runs in one process (None: it runs in `jobs`)."""
     if jobs <= 1:
         return "one job"
+    if any(str(f) == "-" for f in files):
+        return "standard input"
     if any(not isinstance(s, CorrelationStage) for s in detector.stages):
         return "a detector stage other than correlation"
     total = sum(_size(f) for f in files)
@@ -258,7 +273,8 @@ def parallel_reason(files: Sequence[Path], detector: Detector, jobs: int, chunk_
 def hunt_parallel(files: Sequence[Path], detector: Detector, sink: Any, stats: Any, *, jobs: int,
                   on_error: Callable[[ReadError], None], on_file_done: Callable[[Path], None],
                   on_progress: Callable[[Path, float], None] | None, clock: Callable[[], float],
-                  chunk_bytes: int = CHUNK_BYTES, method: str | None = None) -> Any:
+                  chunk_bytes: int = CHUNK_BYTES, method: str | None = None,
+                  window: TimeWindow | None = None) -> Any:
     """The body of hunting.hunt_files with `jobs` worker processes (see the module doc)."""
     engine, add = detector.engine, sink.add
     method = start_method(method)
@@ -277,7 +293,7 @@ def hunt_parallel(files: Sequence[Path], detector: Detector, sink: Any, stats: A
     gc.disable()
     try:
         _pool_hunt(ctx, first, files, detector, stats, jobs, add, engine, on_error,
-                   on_file_done, on_progress, clock, chunk_bytes)
+                   on_file_done, on_progress, clock, chunk_bytes, window)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -287,11 +303,11 @@ def hunt_parallel(files: Sequence[Path], detector: Detector, sink: Any, stats: A
 def _pool_hunt(ctx: Any, first: Any, files: Sequence[Path], detector: Detector, stats: Any, jobs: int,
                add: Callable, engine: Engine, on_error: Callable[[ReadError], None],
                on_file_done: Callable[[Path], None], on_progress: Callable[[Path, float], None] | None,
-               clock: Callable[[], float], chunk_bytes: int) -> None:
+               clock: Callable[[], float], chunk_bytes: int, window: TimeWindow | None) -> None:
     tasks = plan(files, chunk_bytes)
     pending: collections.deque = collections.deque()
     with ctx.Pool(jobs, initializer=_init_worker,
-                  initargs=(first, detector.assembler is not None, clock)) as pool:
+                  initargs=(first, detector.assembler is not None, clock, window)) as pool:
         def submit() -> None:
             task = next(tasks, None)
             if task is not None:
@@ -301,9 +317,11 @@ def _pool_hunt(ctx: Any, first: Any, files: Sequence[Path], detector: Detector, 
             submit()
         while pending:
             task, result = pending.popleft()
-            items, n, matched = result.get()
+            items, n, matched, outside, untimed = result.get()
             submit()
             stats.events += n
+            stats.outside += outside
+            stats.untimed += untimed
             detector.events += matched
             _merge(items, detector, engine, add, stats, on_error, clock)
             if on_progress is not None:

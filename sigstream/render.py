@@ -10,39 +10,62 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-err_console = Console(stderr=True, highlight=False)   # every command's messages to the user
+from sigstream.stream.alert_summary import (
+    EVIDENCE_FIELDS, alert_time_text, correlation_text, evidence_excerpt, evidence_of, excerpt,
+    matched_values)
+from sigstream.stream.explain import LOGSOURCE_FIELDS
+
+
+class MessageConsole(Console):
+    """A Console for messages on stderr that never hard-wraps when stderr is not a terminal:
+    a log file or a pipe gets each message on one line (whatever `width` rich guesses), so
+    grep and log shippers see whole lines. On a terminal, rich wraps to the window as usual.
+    (Checked at each print: tests and callers swap sys.stderr after import.)"""
+
+    @property
+    def soft_wrap(self) -> bool:  # type: ignore[override]
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = bool(value)
+
+
+err_console = MessageConsole(stderr=True, highlight=False)   # every command's messages to the user
 
 LEVEL_STYLE = {
     "critical": "bold white on red", "high": "bold red", "medium": "yellow",
     "low": "green", "informational": "dim",
 }
 LEVEL_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3, "informational": 4}
-# The field that best says what happened, per event kind, for the detections list.
-KEY_FIELDS = ("CommandLine", "ScriptBlockText", "TargetObject", "Details", "ImageLoaded",
-              "Consumer", "Destination", "Query", "Payload", "Image")
+# The field that best says what happened, per event kind (stream.alert_summary.EVIDENCE).
+KEY_FIELDS = EVIDENCE_FIELDS
 
 
 def what_alert(alert: dict[str, Any], width: int = 110) -> str:
-    """What an alert is about: the key field of its event, or for a correlation alert its
-    count or aggregate, the condition it met, the group and the time span."""
-    c = alert.get("correlation")
-    if not c:
-        return what(alert.get("event") or {}, width)
-    cond = " ".join(f"{op} {v}" for op, v in (c.get("condition") or {}).items() if op != "field")
-    group = ", ".join(f"{k}={v}" for k, v in (c.get("group") or {}).items())
-    text = (f"{c.get('type')}: {c.get('value')} ({cond}) from {c.get('events_total')} match(es)"
-            f"{' for ' + group if group else ''}, {str(c.get('first_time'))[:19]} .. "
-            f"{str(c.get('last_time'))[11:19]}")
-    return text[:width] + ("…" if len(text) > width else "")
+    """What an alert is about: the key field of its event, cut around what the rule matched
+    in it, or for a correlation alert its count or aggregate, the condition it met, the group
+    and the time span."""
+    if alert.get("correlation"):
+        text = correlation_text(alert["correlation"])
+        return text[:width] + ("…" if len(text) > width else "")
+    label, text = evidence_excerpt(alert, width, flat=True)
+    return f"{label}: {text}" if label else ""
 
 
 def what(event: dict[str, Any], width: int = 110) -> str:
-    for f in KEY_FIELDS:
-        v = event.get(f)
-        if v:
-            text = " ".join(str(v).split())
-            return f"{f}: {text[:width]}{'…' if len(text) > width else ''}"
-    return ""
+    """The key field of an event, one line."""
+    ev = evidence_of(event)
+    return f"{ev[0]}: {excerpt(ev[1], width, flat=True)}" if ev else ""
+
+
+def matched_lines(alert: dict[str, Any], width: int = 80) -> list[str]:
+    """`Field=event value` for the matched fields the key evidence does not already show
+    (nor log-source fields such as EventID: the table is for what happened)."""
+    if alert.get("correlation"):
+        return []
+    shown = set(evidence_excerpt(alert, 1)[0].split(", ")) | LOGSOURCE_FIELDS
+    return [f"{f}={v}" for f, v in matched_values(alert, width, flat=True) if f not in shown]
 
 
 class TableSink:
@@ -83,7 +106,7 @@ def summary_table(alerts: list[dict[str, Any]]) -> Table:
         rule = group[0]["rule"]
         hosts = sorted({str(a.get("host")) for a in group})
         level = rule["level"] or "?"
-        table.add_row(f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", rule["title"], str(len(group)),
+        table.add_row(f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", escape(rule["title"]), str(len(group)),
                       ", ".join(hosts[:3]) + (f" +{len(hosts) - 3}" if len(hosts) > 3 else ""),
                       " ".join(group[0]["attack"]["techniques"]))
     return table
@@ -91,13 +114,17 @@ def summary_table(alerts: list[dict[str, Any]]) -> Table:
 
 def detections_table(alerts: list[dict[str, Any]]) -> Table:
     table = Table(title="Detections", title_justify="left")
-    for col in ("time", "host", "level", "rule", "what matched"):
-        table.add_column(col, overflow="fold")
+    table.add_column("time", no_wrap=True)   # ISO 8601 UTC to the second; jsonl has the rest
+    table.add_column("host", overflow="fold", max_width=30)
+    table.add_column("level", no_wrap=True)
+    table.add_column("rule", overflow="fold", max_width=40)
+    table.add_column("what matched", overflow="fold", ratio=1)
     for a in alerts:
         level = a["rule"]["level"] or "?"
-        table.add_row(str(a.get("event_time") or ""), str(a.get("host") or ""),
-                      f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", a["rule"]["title"],
-                      what_alert(a))
+        also = "".join(f"\n[dim]+ {escape(line)}[/dim]" for line in matched_lines(a))
+        table.add_row(alert_time_text(a, seconds_only=True), escape(str(a.get("host") or "")),
+                      f"[{LEVEL_STYLE.get(level, '')}]{level}[/]", escape(a["rule"]["title"]),
+                      escape(what_alert(a)) + also)
     return table
 
 
@@ -111,7 +138,7 @@ def alert_line(a: dict[str, Any]) -> str:
     if matched:
         m = matched[0]
         hit = f"{m.get('field')}={str(m.get('value'))[:60]}"
-    t = str(a.get("event_time") or "")[11:19]
+    t = alert_time_text(a, seconds_only=True)
     return (f"[dim]{t}[/dim] [{style}]{level:<8}[/] [cyan]{escape(str(a.get('host') or '?'))}[/cyan] "
             f"[bold]{escape(rule.get('title') or '')}[/bold]"
             f"{' [dim](' + escape(hit) + ')[/dim]' if hit else ''}\n         {escape(what_alert(a, 140))}")

@@ -14,6 +14,9 @@ same way without event facts: ECS gets event.start/end = first/last contributing
 event.category "intrusion_detection" and `sigstream.correlation`; OCSF gets the
 contributing alerts as finding_info.related_events, their count and time range, and the
 details under unmapped.sigma.correlation.
+
+Both always carry a time: ECS `@timestamp` and OCSF `time` are the event's time
+(stream.alert_summary.alert_time), else the detection time `detected_at`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sigstream.stream.alert_context import basename, process_of, registry_of, severity
+from sigstream.stream.alert_summary import alert_time
 from sigstream.stream.attack_names import tactic_name, tactic_url, technique_name, technique_url
+from sigstream.stream.event_time import event_time, iso_utc, parse_time
 
 FORMATS = ("native", "ecs", "ocsf")
 ECS_VERSION = "8.11.0"
@@ -47,6 +52,22 @@ def _epoch_ms(iso: str | None) -> int | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1000)
+
+
+def _time(alert: dict) -> float:
+    """The document's time: the event's (stream.alert_summary.alert_time: the event's own
+    fields, the alert's event_time, then detected_at); the rendering time as a last resort,
+    since a SIEM drops or misfiles a document without one."""
+    ts = alert_time(alert)
+    return datetime.now(timezone.utc).timestamp() if ts is None else ts
+
+
+def _event_ms(alert: dict) -> int | None:
+    """The event's time (own fields, then event_time), without falling back to detected_at."""
+    ts = event_time(alert.get("event") or {})
+    if ts is None:
+        ts = parse_time(alert.get("event_time"))
+    return None if ts is None else int(ts * 1000)
 
 
 def _prune(doc: Any) -> Any:
@@ -136,7 +157,7 @@ def to_ecs(alert: dict[str, Any]) -> dict[str, Any]:
     host = alert.get("host")
     refs = rule.get("references") or []
     doc = {
-        "@timestamp": alert.get("event_time") or alert.get("detected_at"),
+        "@timestamp": iso_utc(_time(alert)),
         "ecs": {"version": ECS_VERSION},
         "message": rule.get("title"),
         "tags": list(rule.get("tags") or []),
@@ -221,7 +242,7 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
     sev_id, sev_name, risk = severity(rule.get("level"))
     dedup = alert.get("dedup") or {}
     activity_id = 2 if dedup.get("count", 1) > 1 else 1
-    event_ms = _epoch_ms(alert.get("event_time"))
+    event_ms = _event_ms(alert)
     detected_ms = _epoch_ms(alert.get("detected_at"))
     proc = process_of(ev)
     reg = registry_of(ev)
@@ -238,7 +259,7 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
         "activity_id": activity_id, "activity_name": "Update" if activity_id == 2 else "Create",
         "type_uid": 2004 * 100 + activity_id,
         "type_name": f"Detection Finding: {'Update' if activity_id == 2 else 'Create'}",
-        "time": detected_ms or event_ms or 0,
+        "time": int(_time(alert) * 1000),
         "severity_id": sev_id, "severity": sev_name,
         "status_id": 1, "status": "New", "is_alert": True,
         "risk_score": int(risk),

@@ -15,21 +15,56 @@ Explainer = Callable[[dict, dict], list[dict]]
 _Step = Callable[[dict, dict, list], bool]
 
 
+# Fields that say which log an event came from, not what happened in it. A rule may test
+# them in its own selections (`EventID: 21`); they are listed after the deciding conditions.
+LOGSOURCE_FIELDS = frozenset({"EventID", "Channel", "Provider_Name", "Provider", "ProviderName",
+                              "Provider_Guid", "EventSourceName", "SourceName"})
+
+
+def is_logsource_entry(entry: dict) -> bool:
+    """An explanation entry on a log-source field (EventID, Channel, Provider...)."""
+    return str(entry.get("field") or "").split("|")[0] in LOGSOURCE_FIELDS
+
+
 def compile_explainer(ir: tuple) -> Explainer:
     """IR -> `explain(event, low)` for an event the rule matched: the positive leaves
-    (which selection/field/value matched). Compiled once per alerting rule, run per alert."""
-    step = _explain_step(ir, True)
+    (which selection/field/value matched). Compiled once per alerting rule, run per alert.
 
-    def explain_event(ev: dict, low: dict) -> list[dict]:
+    Order: the rule's deciding conditions in condition order, then conditions on log-source
+    fields (LOGSOURCE_FIELDS) written in the rule's selections. Conditions the log-source
+    pipelines added (origin "logsource", from pySigma's `_cond_*` identifiers) are not listed."""
+    step = _explain_step(ir, True)
+    if not _tests_logsource_field(ir):
+        def explain_event(ev: dict, low: dict) -> list[dict]:
+            out: list[dict] = []
+            step(ev, low, out)
+            return out
+        return explain_event
+
+    def explain_ordered(ev: dict, low: dict) -> list[dict]:
         out: list[dict] = []
         step(ev, low, out)
+        out.sort(key=is_logsource_entry)   # stable: condition order within each group
         return out
-    return explain_event
+    return explain_ordered
 
 
 def explain(ir: tuple, ev: dict, low: dict) -> list[dict]:
     """compile_explainer(ir)(ev, low), for one-off use."""
     return compile_explainer(ir)(ev, low)
+
+
+def _tests_logsource_field(node: tuple) -> bool:
+    """Does a listed leaf (a rule selection's, not a pipeline's) test a log-source field?"""
+    kind = node[0]
+    if kind in ("and", "or"):
+        return any(_tests_logsource_field(c) for c in node[1])
+    if kind == "not":
+        return _tests_logsource_field(node[1])
+    if kind == "field":
+        origin = node[3]
+        return origin[0] != "logsource" and str(origin[1]).split("|")[0] in LOGSOURCE_FIELDS
+    return False
 
 
 def _explain_step(node: tuple, holds: bool) -> _Step:

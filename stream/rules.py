@@ -11,7 +11,9 @@ once the whole set is loaded; stream.correlation_rules holds the records, the
 resolution and the suppression decisions (re-exported here), stream.correlation
 evaluates them.
 
-Errors are `RuleError`s located by file and line (stream.rule_errors).
+Errors are `RuleError`s located by file and line (stream.rule_errors). Besides what pySigma
+rejects, a second rule with an id already loaded and a windows rule whose log-source
+category/service no pipeline maps nor the Sigma taxonomy knows are errors (stream.rule_lint).
 """
 from __future__ import annotations
 
@@ -41,11 +43,12 @@ from sigstream.stream.correlation_rules import (
 )
 from sigstream.stream.ir import IR_VERSION, Placeholders, condition_to_ir
 from sigstream.stream.rule_errors import RuleError, _correlation_locator, _Errors, _problem, rule_line
+from sigstream.stream.rule_lint import ERROR, DuplicateIds, LogsourceCatalog, logsource_issue
 
 __all__ = [
     "LEVELS", "HIDDEN_STATUSES", "RULE_SUFFIXES", "RECORD_VERSION", "Rule", "RuleError",
     "FileResult", "LoadedRules", "RuleSelection", "find_rule_files", "load_rules",
-    "load_rule_text", "rule_line",
+    "load_rule_text", "logsource_catalog", "rule_line",
     # stream.correlation_rules, imported from here by older code
     "CONDITION_OPS", "CORRELATION_TYPES", "TEMPORAL_TYPES", "VALUE_TYPES", "Correlation",
     "resolve_correlations", "rule_key", "_canonical_ref",
@@ -64,7 +67,8 @@ RULE_SUFFIXES = (".yml", ".yaml")
 _FILTER_DOC = re.compile(rb"^filter\s*:", re.MULTILINE)
 # Shape of the cached Rule/Correlation/RuleError records; part of the cache salt (with
 # IR_VERSION). 3: RuleError.line; Correlation moved to stream.correlation_rules.
-RECORD_VERSION = 4
+# 5: windows rules with an unknown log-source category/service are errors.
+RECORD_VERSION = 5
 
 
 @dataclass
@@ -208,8 +212,9 @@ def load_rules(
             cache.put(keys[f], result)
     unselected: list[Rule] = []
     correlations: list[Correlation] = []
+    ids = DuplicateIds(lambda p: raw.get(Path(p)))
     for f in files:
-        _add(out, results[f].set_path(str(f)), selection, unselected, correlations)
+        _add(out, results[f].set_path(str(f)), selection, unselected, correlations, ids)
     _finish_correlations(out, unselected, correlations, selection or RuleSelection(),
                          lambda p: raw.get(Path(p)))
     if cache:
@@ -252,6 +257,11 @@ def _compile_chunk(items: list[tuple[str, bytes]]) -> list[tuple[str, FileResult
     return [(path, _WORKER_COMPILER.compile_file(path, data)) for path, data in items]
 
 
+def logsource_catalog(pipelines: Sequence[str | Path] = ()) -> LogsourceCatalog:
+    """The windows log sources the built-in pipelines and `pipelines` map (for `check`)."""
+    return _FileCompiler(pipelines, None, []).logsources
+
+
 def load_rule_text(text: str, *, placeholders: Placeholders | None = None,
                    pipelines: Sequence[str | Path] = (), name: str = "<string>",
                    selection: RuleSelection | None = None) -> LoadedRules:
@@ -264,16 +274,20 @@ def load_rule_text(text: str, *, placeholders: Placeholders | None = None,
     sel = selection or RuleSelection(statuses=None)
     unselected: list[Rule] = []
     correlations: list[Correlation] = []
-    _add(out, result.set_path(name), sel, unselected, correlations)
+    _add(out, result.set_path(name), sel, unselected, correlations, DuplicateIds({name: data}.get))
     _finish_correlations(out, unselected, correlations, sel, {name: data}.get)
     return out
 
 
 def _add(out: LoadedRules, result: FileResult, selection: RuleSelection | None,
-         unselected: list[Rule], correlations: list[Correlation]) -> None:
+         unselected: list[Rule], correlations: list[Correlation], ids: DuplicateIds) -> None:
     sel = selection or RuleSelection()
     for r in result.rules:
-        if sel.accepts(r):
+        # one id, one rule: a second definition would alert twice with the same alert id
+        duplicate = ids.check(r.path, r.id)
+        if duplicate:
+            out.errors.append(RuleError(r.path, r.id, r.title, *duplicate))
+        elif sel.accepts(r):
             out.rules.append(r)
         else:
             out.skipped += 1
@@ -321,9 +335,13 @@ def _load_yaml_docs(data: bytes, errs: "_Errors") -> list[tuple[int, dict]]:
             docs.append(d)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context_mark is not None and mark is not None and mark.index >= len(data.rstrip()):
+            # an unclosed quote or bracket is found at the end of the file: point at its start
+            mark, problem = context_mark, f"{context}, {problem}" if context else problem
         line = mark.line + 1 if mark else None            # yaml's marks are 0-based
         where = f" (line {line}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         errs.add(None, None, f"invalid YAML{where}: {problem}", line=line)
     good = []
     for i, d in enumerate(docs):
@@ -377,6 +395,7 @@ class _FileCompiler:
             texts.append(text)
             pipeline = pipeline + ProcessingPipeline.from_yaml(text)
         self.pipeline = pipeline
+        self.logsources = LogsourceCatalog.of(pipeline)
         self.fingerprint = repr(sorted(self.placeholders.items())) + "|".join(texts)
 
     def compile_file(self, path: str, data: bytes) -> FileResult:
@@ -430,6 +449,10 @@ class _FileCompiler:
             return
         try:
             meta = _rule_meta(item)
+            issue = logsource_issue(meta["logsource"], self.logsources)
+            if issue and issue.level == ERROR:   # no log-source condition: it would match far too much
+                errs.add(rid, title, issue.message, ("logsource", issue.key), doc=index)
+                return
             for flt in self.filters:
                 item = flt.apply_on_rule(item)
             self.pipeline.apply(item)

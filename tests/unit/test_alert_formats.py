@@ -380,3 +380,71 @@ def test_correlation_alerts_render_in_every_format(correlation_alerts):
             fs.add(a)
         assert len(sink.alerts) == 2
         json.dumps(sink.alerts)
+
+
+# ------------------------------------------------------------ alert time ---
+# ECS @timestamp and OCSF time: the event's time, else detected_at (issue 14).
+
+DETECTED = "2026-11-24T09:12:00.000000Z"
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+DETECTED_MS = _ms(DETECTED)
+
+
+def _timeless(alert: dict) -> dict:
+    """The alert of an event that carries no parseable time."""
+    a = copy.deepcopy(alert)
+    for f in ("TimeCreated", "UtcTime", "@timestamp"):
+        a["event"].pop(f, None)
+    a["event_time"] = None
+    return a
+
+
+def test_time_is_the_event_time(alerts):
+    a = _by_event(alerts, 1)
+    t = a["event"]["TimeCreated"]
+    assert a["detected_at"] == DETECTED and t != DETECTED
+    assert to_ecs(a)["@timestamp"] == t
+    assert to_ocsf(a)["time"] == _ms(t) and to_ocsf(a)["finding_info"]["created_time"] == DETECTED_MS
+
+
+def test_time_from_utctime_when_timecreated_does_not_parse(alerts):
+    a = copy.deepcopy(_by_event(alerts, 1))
+    a["event"]["TimeCreated"] = a["event_time"] = "yesterday"
+    a["event"]["UtcTime"] = "2026-11-24 08:00:00.250"
+    assert to_ecs(a)["@timestamp"] == "2026-11-24T08:00:00.250000Z"
+    assert to_ocsf(a)["time"] == _ms("2026-11-24T08:00:00.250Z")
+
+
+def test_time_falls_back_to_detected_at(alerts):
+    for event_id in (1, 13, 4104):
+        a = _timeless(_by_event(alerts, event_id))
+        assert to_ecs(a)["@timestamp"] == DETECTED
+        doc = to_ocsf(a)
+        assert doc["time"] == DETECTED_MS
+        assert "first_seen_time" not in doc["finding_info"]   # no event time: not invented
+
+
+def test_time_without_any_time_is_still_present(alerts):
+    a = _timeless(alerts[0])
+    del a["detected_at"]
+    before = datetime.now().timestamp() * 1000
+    assert _ms(to_ecs(a)["@timestamp"]) >= before - 1000
+    assert to_ocsf(a)["time"] >= before - 1000
+
+
+def test_correlation_alert_time(correlation_alerts):
+    many = correlation_alerts[0]            # event {}: its time is the last contributing match
+    assert many["event"] == {} and many["event_time"] == "2026-11-24T09:01:00.000000Z"
+    assert to_ecs(many)["@timestamp"] == "2026-11-24T09:01:00.000000Z"
+    assert to_ocsf(many)["time"] == _ms("2026-11-24T09:01:00Z")
+    a = copy.deepcopy(many)
+    a["event_time"] = None                  # no time of its own: the detection time
+    assert to_ecs(a)["@timestamp"] == "2026-11-24T09:05:00.000000Z"
+    assert to_ocsf(a)["time"] == _ms("2026-11-24T09:05:00Z")
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    assert not list(validator.iter_errors(many))

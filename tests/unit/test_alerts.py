@@ -174,15 +174,20 @@ def test_csv_sink_round_trip():
     assert len(rows) == 2
     r = rows[0]
     assert r["rule_id"] == RULE_ID and r["rule_title"] == "Encoded PowerShell" and r["level"] == "high"
-    assert r["host"] == "WKS-1.corp" and r["event_time"] == "2024-05-06T07:08:09.123Z"
-    assert r["EventID"] == "1" and r["Image"] == "C:\\Windows\\powershell.exe"
-    assert r["CommandLine"] == 'powershell -enc "A,B"\nnext line'
+    assert r["host"] == "WKS-1.corp" and r["time"] == "2024-05-06T07:08:09.123000Z"
+    assert r["event_id"] == "1" and r["process"] == "C:\\Windows\\powershell.exe" and r["user"] == "CORP\\bob"
+    # the event's values, commas, quotes and newline intact (csv quoting), not only the patterns
+    assert r["evidence_field"] == "CommandLine" and r["evidence"] == 'powershell -enc "A,B"\nnext line'
+    assert r["matched"] == ('Image=C:\\Windows\\powershell.exe; '
+                            'CommandLine=powershell -enc "A,B"\nnext line')
+    assert r["patterns"] == "img:Image|endswith=*\\powershell.exe; cmd:CommandLine|contains=*-enc*"
+    assert r["attack"] == "T1059.001 T1027"
     assert r["tags"].split() == ["attack.execution", "attack.t1059.001", "attack.defense-evasion",
                                  "attack.T1027", "attack.command-and-control", "attack.g0007",
                                  "car.2016-03-001"]
-    assert "img:Image|endswith=*\\powershell.exe" in r["matched"]
     assert r["source_path"] == "/logs/a.jsonl" and r["source_position"] == "12"
-    assert rows[1]["source_path"] == "" and rows[1]["TargetObject"] == ""
+    assert len(r["alert_id"]) == 32
+    assert rows[1]["source_path"] == "" and rows[1]["evidence"] == "powershell -enc AAAA4"
 
 
 def test_csv_sink_header_only_when_empty():

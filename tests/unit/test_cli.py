@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -124,12 +129,34 @@ def test_hunt_bad_utf8_line_goes_to_errors_file_and_good_events_still_match(tmp_
     assert "1 unreadable records" in result.stderr
 
 
-def test_hunt_min_level_critical(tmp_path):
+@pytest.mark.parametrize("option", ["--level", "--min-level"])   # --min-level: the hidden old name
+def test_hunt_level_critical(tmp_path, option):
     rules, events = _hunt_dir(tmp_path)
-    result = invoke("hunt", "-r", rules, events, "-f", "jsonl", "--min-level", "critical")
+    result = invoke("hunt", "-r", rules, events, "-f", "jsonl", option, "critical")
     assert result.exit_code == 0, result.output
     alerts = jsonl_alerts(result.stdout)
     assert [(a["rule"]["title"], a["rule"]["level"]) for a in alerts] == [("enc critical", "critical")]
+
+
+def test_hunt_level_and_min_level_must_agree(tmp_path):
+    rules, events = _hunt_dir(tmp_path)
+    same = invoke("hunt", "-r", rules, events, "-f", "jsonl", "--level", "high", "--min-level", "high")
+    assert same.exit_code == 0
+    result = invoke("hunt", "-r", rules, events, "--level", "high", "--min-level", "critical")
+    assert result.exit_code == 2 and "disagree" in result.stderr
+
+
+def test_hunt_p_is_pipeline(tmp_path):
+    rules, events = _hunt_dir(tmp_path)
+    pipeline = tmp_path / "p.yml"   # CommandLine -> cmd: the rules then look for a field the events lack
+    pipeline.write_text(yaml.safe_dump({"name": "rename", "transformations": [
+        {"type": "field_name_mapping", "mapping": {"CommandLine": "cmd"}}]}))
+    plain = invoke("hunt", "-r", rules, events, "-f", "jsonl")
+    assert len(jsonl_alerts(plain.stdout)) == 3
+    for flag in ("-p", "--pipeline"):
+        mapped = invoke("hunt", "-r", rules, events, "-f", "jsonl", flag, pipeline)
+        assert mapped.exit_code == 0, mapped.output
+        assert jsonl_alerts(mapped.stdout) == []
 
 
 def test_hunt_rule_id_and_tag_selection(tmp_path):
@@ -183,9 +210,168 @@ def test_hunt_strict_with_broken_rule_exits_2(tmp_path):
     assert jsonl_alerts(strict.stdout) == []
 
 
-def test_hunt_missing_event_path_is_usage_error(tmp_path):
-    result = invoke("hunt", "-r", RULES, tmp_path / "nope.jsonl")
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]])
+def test_hunt_missing_path_is_named_and_the_others_are_hunted_exit_1(tmp_path, jobs):
+    rules, events = _hunt_dir(tmp_path)
+    missing = tmp_path / "nope.jsonl"
+    result = invoke("hunt", "-r", rules, missing, events, "-f", "jsonl", *jobs)
+    assert result.exit_code == 1
+    assert f"error cannot read {missing}: No such file or directory" in result.stderr
+    assert "1 input path(s) could not be read" in result.stderr
+    assert len(jsonl_alerts(result.stdout)) == 3      # events/ still hunted, alerts as without it
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file anyway")
+def test_hunt_unreadable_file_is_named_exit_1(tmp_path):
+    rules, events = _hunt_dir(tmp_path)
+    locked = events / "locked.jsonl"
+    locked.write_text(json.dumps(proc_event("x -enc y")) + "\n")
+    locked.chmod(0)
+    result = invoke("hunt", "-r", rules, events, "-f", "jsonl")
+    assert result.exit_code == 1
+    assert f"error cannot read {locked}: Permission denied" in result.stderr
+    assert len(jsonl_alerts(result.stdout)) == 3
+
+
+def _comparable(stdout: str) -> list[dict]:
+    """Alerts without what differs between two runs on the same events from different
+    places: the wall-clock detection time and the source file name."""
+    alerts = jsonl_alerts(stdout)
+    for a in alerts:
+        a.pop("detected_at", None)
+        if a.get("source"):   # a correlation alert has none
+            a["source"].pop("path", None)
+    return alerts
+
+
+def test_hunt_stdin_gives_the_alerts_of_the_file():
+    sample = SAMPLES / "fileless-intrusion.jsonl"
+    on_file = invoke("hunt", sample, "-f", "jsonl")
+    result = CliRunner().invoke(main, ["hunt", "-", "-f", "jsonl"], input=sample.read_bytes(),
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert _comparable(result.stdout) == _comparable(on_file.stdout) and _comparable(on_file.stdout)
+    assert {a["source"]["path"] for a in jsonl_alerts(result.stdout) if a["source"]} == {"<stdin>"}
+    assert "72 events read from 1 file(s)" in result.stderr
+
+
+def test_hunt_stdin_gzip_and_json_array(tmp_path):
+    rules, events = _hunt_dir(tmp_path)
+    records = [json.loads(line) for line in (events / "a.jsonl").read_bytes().splitlines()
+               if b"caf" not in line]
+    for data in (gzip.compress(json.dumps(records).encode()),
+                 gzip.compress("\n".join(map(json.dumps, records)).encode())):
+        result = CliRunner().invoke(main, ["hunt", "-r", str(rules), "-", "-f", "jsonl"], input=data,
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert sorted(a["rule"]["title"] for a in jsonl_alerts(result.stdout)) == \
+            ["enc critical", "enc high", "enc high"]
+
+
+def test_hunt_stdin_through_a_real_pipe_with_files(tmp_path):
+    sample = SAMPLES / "fileless-intrusion.jsonl"
+    with open(sample, "rb") as stdin:
+        proc = subprocess.run([sys.executable, "-m", "sigstream", "hunt", "-f", "jsonl", "-",
+                               str(SAMPLES / "benign-baseline.jsonl")],
+                              stdin=stdin, capture_output=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    on_file = invoke("hunt", sample, "-f", "jsonl")
+    assert _comparable(proc.stdout.decode()) == _comparable(on_file.stdout)
+    assert b"97 events read from 2 file(s)" in proc.stderr
+
+
+def _timed_events(tmp_path: Path) -> Path:
+    lines = []
+    for n, t in enumerate(["2026-11-23T23:59:59Z", "2026-11-24T00:00:00Z", "2026-11-24T12:00:00+02:00",
+                           "2026-11-24T23:59:59.999999Z", "2026-11-25T00:00:00Z"], 1):
+        lines.append(dict(proc_event(f"x -enc {n}", n), TimeCreated=t))
+    lines.append(dict(proc_event("x -enc untimed", 6), TimeCreated="not a time"))
+    lines.append(proc_event("x -enc no time at all", 7))
+    path = tmp_path / "timed.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return path
+
+
+@pytest.mark.parametrize("window, positions, outside", [
+    (["--from", "2026-11-24", "--to", "2026-11-24"], [2, 3, 4, 6, 7], 2),
+    (["--from", "2026-11-24T10:00:01Z"], [4, 5, 6, 7], 3),              # 12:00+02:00 is 10:00Z
+    (["--from", "2026-11-24T12:00:00+02:00", "--to", "2026-11-24T10:00:00"], [3, 6, 7], 4),
+    (["--to", "2026-11-23T23:59:59"], [1, 6, 7], 4),                    # --to is inclusive
+    (["--from", "100000d"], [1, 2, 3, 4, 5, 6, 7], 0),                  # a span back from now
+    (["--to", "100000d"], [6, 7], 5),
+])
+def test_hunt_from_to_skips_events_outside_and_keeps_untimed_ones(tmp_path, window, positions, outside):
+    rules = tmp_path / "r.yml"
+    rules.write_text(rule_yaml("enc"))
+    for jobs in ("1", "2"):
+        result = invoke("hunt", "-r", rules, _timed_events(tmp_path), "-f", "jsonl", "--jobs", jobs, *window)
+        assert result.exit_code == 0, result.output
+        assert [a["source"]["position"] for a in jsonl_alerts(result.stdout)] == positions
+        assert "7 events read" in result.stderr
+        assert f"{outside} outside --from/--to, 2 without a readable time (hunted anyway)" in result.stderr
+
+
+def test_hunt_from_to_bad_values_are_usage_errors(tmp_path):
+    ev = _timed_events(tmp_path)
+    bad = invoke("hunt", ev, "--from", "yesterday")
+    assert bad.exit_code == 2 and "'yesterday' is not a date/time" in bad.stderr
+    empty = invoke("hunt", ev, "--from", "2026-11-25", "--to", "2026-11-24")
+    assert empty.exit_code == 2 and "before --from" in empty.stderr
+
+
+def test_hunt_no_window_no_window_summary():
+    result = invoke("hunt", SAMPLES, "-f", "jsonl")
+    assert "outside --from/--to" not in result.stderr and "readable time" not in result.stderr
+
+
+def test_hunt_with_no_rule_found_exits_2_naming_the_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a rule")
+    result = invoke("hunt", "-r", empty, SAMPLES, "-f", "jsonl")
     assert result.exit_code == 2
+    assert result.stderr.strip() == \
+        f"error no Sigma rule found in {empty} (searched *.yml, *.yaml recursively)"
+    assert result.stdout == ""
+
+
+def test_hunt_with_every_rule_left_out_or_rejected_exits_2(tmp_path):
+    rules, events = _hunt_dir(tmp_path)
+    result = invoke("hunt", "-r", rules, events, "--rule-id", "no-such-id")
+    assert result.exit_code == 2
+    assert f"no rule selected from {rules}: 1 file(s), 2 rule(s) left out" in result.stderr
+    broken = tmp_path / "broken.yml"
+    broken.write_text(rule_yaml("broken", detection={"sel": {"A|nosuchmod": "x"}, "condition": "sel"}))
+    result = invoke("hunt", "-r", broken, events)
+    assert result.exit_code == 2
+    assert f"no rule loaded from {broken}: 1 file(s), 1 rejected" in result.stderr
+
+
+def test_hunt_ioc_list_alone_is_something_to_run(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ioc = tmp_path / "bad.txt"
+    ioc.write_text("d41d8cd98f00b204e9800998ecf8427e\n")
+    result = invoke("hunt", "-r", empty, "--ioc", ioc, SAMPLES, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+
+
+def test_summary_line_is_not_wrapped_when_stderr_is_not_a_terminal(tmp_path):
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3)
+    deep.mkdir()
+    missing = deep / "missing.jsonl"
+    result = invoke("hunt", missing, SAMPLES / "fileless-intrusion.jsonl", "-f", "jsonl")
+    summary = [line for line in result.stderr.splitlines() if "events read" in line]
+    assert len(summary) == 1 and len(summary[0]) > 120
+    assert summary[0].endswith("events/s")
+    assert f"error cannot read {missing}: No such file or directory" in result.stderr.splitlines()
+
+
+def test_summary_line_is_not_wrapped_in_a_real_pipe():
+    proc = subprocess.run([sys.executable, "-m", "sigstream", "hunt", "-f", "jsonl", str(SAMPLES)],
+                          capture_output=True, cwd=REPO, timeout=120, env=dict(os.environ, COLUMNS="40"))
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "events read" in lines[0] and lines[0].endswith("events/s"), lines
 
 
 def test_hunt_table_format(tmp_path):
@@ -200,8 +386,8 @@ def test_hunt_table_format(tmp_path):
 def test_check_project_rules_ok():
     result = invoke("check", RULES)
     assert result.exit_code == 0, result.output
-    assert "error:" not in result.stdout
-    assert "0 error(s)" in result.stdout
+    assert "error:" not in result.stdout and "warning:" not in result.stdout
+    assert "0 error(s), 0 warning(s)" in result.stdout
 
 
 def test_check_reports_one_line_per_problem_naming_the_file(tmp_path):
@@ -215,17 +401,17 @@ def test_check_reports_one_line_per_problem_naming_the_file(tmp_path):
     (tmp_path / "deprecated.yml").write_text(rule_yaml("old but valid", status="deprecated"))
     result = invoke("check", tmp_path)
     assert result.exit_code == 1
-    errors = [line for line in result.stdout.splitlines() if line.startswith("error: ")]
+    errors = [line for line in result.stdout.splitlines() if ": error: " in line]
     assert len(errors) == 3, result.stdout
     assert sum(str(tmp_path / "bad_yaml.yml") in e for e in errors) == 1
     assert sum(str(tmp_path / "multi.yml") in e and "bad modifier" in e for e in errors) == 1
     assert sum(str(tmp_path / "multi.yml") in e and "bad regex" in e for e in errors) == 1
     assert any("line 2" in e for e in errors)
-    # path:line: 'title' [id]: reason, the line of the offending key (1-based)
-    assert f"error: {tmp_path / 'bad_yaml.yml'}:2: rule: invalid YAML (line 2," in result.stdout
+    # path:line: error: 'title' [id]: reason, the line of the offending key (1-based)
+    assert f"{tmp_path / 'bad_yaml.yml'}:2: error: rule: invalid YAML (line 2," in result.stdout
     multi = (tmp_path / "multi.yml").read_text().splitlines()
     mod_line = next(i for i, t in enumerate(multi, 1) if "A|nosuchmod" in t)
-    assert any(e.startswith(f"error: {tmp_path / 'multi.yml'}:{mod_line}: 'bad modifier' [") for e in errors)
+    assert any(e.startswith(f"{tmp_path / 'multi.yml'}:{mod_line}: error: 'bad modifier' [") for e in errors)
     assert "3 rule(s) compiled" in result.stdout  # good, fine in multi, deprecated (check sees all)
 
 
@@ -281,6 +467,22 @@ def test_test_command_failing_case_exits_1(tmp_path):
     assert any(line.startswith("ok") and "good" in line for line in result.stdout.splitlines())
 
 
+def test_test_command_with_no_rule_exits_2_naming_the_folder(tmp_path):
+    result = invoke("test", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == \
+        f"error no Sigma rule found in {tmp_path} (searched *.yml, *.yaml recursively)"
+
+
+def test_test_command_summary_says_how_long(tmp_path):
+    (tmp_path / "r.yml").write_text(rule_yaml("enc"))
+    (tmp_path / "r.tests.yml").write_text(yaml.safe_dump({"cases": [
+        {"name": "good", "expect": "match", "event": proc_event("x -enc y")}]}))
+    result = invoke("test", tmp_path)
+    assert result.exit_code == 0
+    assert re.fullmatch(r"1 passed, 0 failed in \d+\.\d\ds", result.stdout.splitlines()[-1])
+
+
 def test_test_command_reports_untested_rules(tmp_path):
     (tmp_path / "r.yml").write_text(rule_yaml("lonely"))
     result = invoke("test", tmp_path)
@@ -292,7 +494,8 @@ def test_test_command_reports_untested_rules(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     ([], ["hunt", "check", "test"]),
-    (["hunt"], ["--rules", "--min-level", "--errors", "--strict", "--format"]),
+    (["hunt"], ["--rules", "--level", "-p, --pipeline", "--errors", "--strict", "--format", "--from",
+                "--to"]),
     (["check"], ["--pipeline", "--placeholders"]),
     (["test"], ["--verbose", "tests.yml"]),
 ])
@@ -301,3 +504,109 @@ def test_help(args, words):
     assert result.exit_code == 0
     for w in words:
         assert w in result.stdout
+
+
+# ------------------------------------------------------------------ check as a linter (issue 14)
+
+CHECK_ID = "12345678-1234-4234-8234-123456789abc"
+
+
+def _check_lines(result) -> list[str]:
+    return [line for line in result.stdout.splitlines() if ": error: " in line or ": warning: " in line]
+
+
+def test_check_folder_without_rules_exits_2_naming_it(tmp_path):
+    (tmp_path / "notes.txt").write_text("no rules here\n")
+    result = invoke("check", tmp_path)
+    assert result.exit_code == 2
+    assert str(tmp_path) in result.stderr and "no Sigma rule" in result.stderr
+
+
+def test_check_duplicate_rule_ids_name_both_files(tmp_path):
+    (tmp_path / "a.yml").write_text(rule_yaml("first", rule_id=CHECK_ID))
+    (tmp_path / "b.yml").write_text(rule_yaml("second", rule_id=CHECK_ID))
+    result = invoke("check", tmp_path)
+    assert result.exit_code == 1
+    (line,) = _check_lines(result)
+    id_line = 2   # rule_yaml: title, then id
+    assert line == (f"{tmp_path / 'b.yml'}:{id_line}: error: 'second' [{CHECK_ID}]: duplicate rule id "
+                    f"{CHECK_ID} (first defined in {tmp_path / 'a.yml'}:{id_line})")
+
+
+def test_hunt_with_a_duplicated_rule_alerts_once(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yml").write_text(rule_yaml("first", rule_id=CHECK_ID))
+    (rules / "b.yml").write_text(rule_yaml("copy", rule_id=CHECK_ID))
+    events = tmp_path / "e.jsonl"
+    events.write_text(json.dumps(proc_event("powershell -enc AAA")) + "\n")
+    result = invoke("hunt", "-r", rules, events, "-f", "jsonl", "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert [a["rule"]["title"] for a in jsonl_alerts(result.stdout)] == ["first"]
+    assert "duplicate rule id" in result.stderr and str(rules / "b.yml") in result.stderr
+
+
+def test_check_misspelt_category_suggests_the_right_one(tmp_path):
+    f = tmp_path / "typo.yml"
+    f.write_text(rule_yaml("typo", logsource={"product": "windows", "category": "proces_creation"}))
+    result = invoke("check", tmp_path)
+    assert result.exit_code == 1
+    (line,) = _check_lines(result)
+    n = next(i for i, t in enumerate(f.read_text().splitlines(), 1) if "proces_creation" in t)
+    assert line.startswith(f"{f}:{n}: error: 'typo' [")
+    assert "did you mean 'process_creation'?" in line
+
+
+def test_hunt_rejects_a_rule_with_a_misspelt_category(tmp_path):
+    """Regression: the rule lost its log-source condition and matched every channel."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "typo.yml").write_text(rule_yaml("typo", logsource={"product": "windows", "category": "proces_creation"}))
+    (rules / "ok.yml").write_text(rule_yaml("ok"))
+    events = tmp_path / "e.jsonl"
+    events.write_text("\n".join(json.dumps(e) for e in [
+        proc_event("powershell -enc AAA"),
+        {"EventID": 4688, "Channel": "Security", "Computer": "WKS-1", "CommandLine": "cmd -enc y"}]) + "\n")
+    result = invoke("hunt", "-r", rules, events, "-f", "jsonl", "--no-cache")
+    assert [(a["rule"]["title"], a["event"]["EventID"]) for a in jsonl_alerts(result.stdout)] == [("ok", 1)]
+    assert "unknown log source category 'proces_creation'" in result.stderr
+
+
+def test_check_warnings_sorted_and_strict_makes_them_fail(tmp_path):
+    (tmp_path / "b.yml").write_text(rule_yaml("tags", tags=["attack.execution", "attack.t1059.1"]))
+    (tmp_path / "a.yml").write_text(textwrap.dedent(f"""\
+        title: no level
+        id: {CHECK_ID}
+        status: test
+        logsource: {{product: windows, category: process_creation}}
+        detection: {{sel: {{CommandLine|contains: x}}, condition: sel}}
+        tags: [attack.T1059]
+        """))
+    result = invoke("check", tmp_path)
+    assert result.exit_code == 0, result.output    # warnings alone pass
+    lines = _check_lines(result)
+    assert [line.split(": ", 2)[:2] for line in lines] == [
+        [f"{tmp_path / 'a.yml'}:1", "warning"], [f"{tmp_path / 'a.yml'}:6", "warning"],
+        [f"{tmp_path / 'b.yml'}:{next(i for i, t in enumerate((tmp_path / 'b.yml').read_text().splitlines(), 1) if 't1059.1' in t)}", "warning"]]
+    assert "no level" in lines[0] and "'attack.t1059'" in lines[1] and "'attack.t1059.001'" in lines[2]
+    assert result.stdout.splitlines()[-1].endswith("0 error(s), 3 warning(s), 0 correlation rule(s)")
+    strict = invoke("check", "--strict", tmp_path)
+    assert strict.exit_code == 1 and "--strict" in strict.stdout.splitlines()[-1]
+
+
+def test_check_missing_id_is_an_error(tmp_path):
+    doc = yaml.safe_load(rule_yaml("no id"))
+    del doc["id"]
+    (tmp_path / "r.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = invoke("check", tmp_path)
+    assert result.exit_code == 1
+    (line,) = _check_lines(result)
+    assert line == f"{tmp_path / 'r.yml'}:1: error: 'no id': rule has no id (alert ids and de-duplication depend on it)"
+
+
+def test_check_invalid_yaml_line_is_the_unclosed_quote(tmp_path):
+    (tmp_path / "q.yml").write_text('title: "unclosed\nid: x\nlevel: high\n')
+    result = invoke("check", tmp_path)
+    assert result.exit_code == 1
+    (line,) = _check_lines(result)
+    assert line.startswith(f"{tmp_path / 'q.yml'}:1: error: rule: invalid YAML (line 1,")

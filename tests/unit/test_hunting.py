@@ -210,3 +210,31 @@ def test_cli_jobs_1_and_3_same_output(tmp_path, rules, monkeypatch):
         runs[jobs] = (_without_detected_at(result.stdout_bytes), errs.read_bytes())
     assert runs[1][0].count(b"\n") > 50 and runs[1][1]
     assert runs[3] == runs[1]
+
+
+def test_time_window_same_bytes_and_counts_in_parallel(tmp_path, rules):
+    from sigstream.time_window import TimeWindow
+    events = generated_events(tmp_path)          # event times 10:00:00 .. 10:14:59
+    window = TimeWindow.parse("2026-11-24T10:03:00Z", "2026-11-24T10:09:59Z", now=0)
+    whole, _, stats_whole = hunt([events], rules, 1)
+    one, errors_one, stats_one = hunt([events], rules, 1, window=window)
+    many, errors_many, stats_many = hunt([events], rules, 3, chunk_bytes=4096, window=window)
+    assert many == one and errors_many == errors_one
+    assert stats_one.events == stats_whole.events                 # skipped events still count as read
+    assert 0 < stats_one.outside < stats_one.events and stats_one.untimed == 0
+    assert (stats_many.events, stats_many.outside, stats_many.untimed, stats_many.alerts) == \
+        (stats_one.events, stats_one.outside, stats_one.untimed, stats_one.alerts)
+    assert 0 < stats_one.alerts < stats_whole.alerts
+    times = [a["event"]["TimeCreated"] for a in map(json.loads, one.splitlines()) if "correlation" not in a]
+    assert times and all("10:03:00" <= t[11:19] <= "10:09:59" for t in times)
+
+
+def test_stdin_among_files_runs_in_one_process(tmp_path, rules, monkeypatch):
+    from sigstream.hunting import STDIN
+    monkeypatch.setattr(hunt_jobs, "hunt_parallel", lambda *a, **k: pytest.fail("went parallel"))
+    events = generated_events(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(events.read_bytes())))
+    from_stdin, _, stats = hunt([STDIN, SAMPLES / "benign-baseline.jsonl"], rules, 3)
+    from_file, _, _ = hunt([events, SAMPLES / "benign-baseline.jsonl"], rules, 1)
+    assert from_stdin.replace(b'"path":"<stdin>"', b'"path":"%s"' % str(events).encode()) == from_file
+    assert stats.events > 900

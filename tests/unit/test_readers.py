@@ -19,6 +19,7 @@ from sigstream.connectors.readers import (
     read_events,
     read_records,
     read_stdin_events,
+    read_stdin_records,
 )
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "evtx-attack-samples"
@@ -280,6 +281,87 @@ def test_stdin_events():
     events = list(read_stdin_events(errors.append, stream=io.BytesIO(data)))
     assert [r.position for _, r in events] == [1, 4]
     assert [(e.path, e.position) for e in errors] == [("<stdin>", 3)]
+
+
+def _stdin_items(data: bytes) -> list:
+    return list(read_stdin_records(io.BytesIO(data)))
+
+
+def _as_read_from_file(tmp_path: Path, name: str, data: bytes) -> list:
+    """What read_records gives for the same bytes in a file, with stdin's path."""
+    p = tmp_path / name
+    p.write_bytes(data)
+    out = []
+    for item in read_records(p):
+        if isinstance(item, ReadError):
+            out.append(ReadError("<stdin>", item.position, item.reason, item.raw))
+        else:
+            out.append((item[0], SourceRef("<stdin>", item[1].position)))
+    return out
+
+
+XML_EVENTS = (b'<Events><Event xmlns="http://schemas.microsoft.com/win/2004/08/events/event"><System>'
+              b'<EventID>1</EventID><Channel>Microsoft-Windows-Sysmon/Operational</Channel>'
+              b'<Computer>h</Computer></System><EventData><Data Name="CommandLine">a</Data></EventData>'
+              b'</Event><Event><broken></Event></Events>')
+
+
+@pytest.mark.parametrize("name, data", [
+    ("lines.jsonl", orjson.dumps(flat_event(1)) + b"\n\nnot json\n" + orjson.dumps(sysmon_event(2)) + b"\n"),
+    ("array.json", b"\n  " + json.dumps([flat_event(1), 3, sysmon_event(2)]).encode()),
+    ("pretty.json", json.dumps(flat_event(1), indent=2).encode() + b"\n" +
+     json.dumps(flat_event(2), indent=2).encode()),
+    ("bom.jsonl", b"\xef\xbb\xbf" + orjson.dumps(flat_event(1)) + b"\n"),
+    ("utf16.jsonl", ("\ufeff" + json.dumps(flat_event(1)) + "\r\n").encode("utf-16-le")),
+    ("events.xml", XML_EVENTS),
+    ("empty.json", b""),
+    ("blank.json", b"  \n\n"),
+])
+def test_stdin_records_are_those_of_the_same_bytes_in_a_file(tmp_path, name, data):
+    expected = _as_read_from_file(tmp_path, name, data)
+    assert _stdin_items(data) == expected
+    assert _stdin_items(gzip.compress(data)) == expected
+
+
+class _Trickle(io.RawIOBase):
+    """A pipe that hands out a few bytes per read, as a slow producer would."""
+
+    def __init__(self, data: bytes, step: int):
+        self.data, self.step = data, step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.step, len(self.data))
+        b[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+@pytest.mark.parametrize("step", [1, 3, 4096])
+def test_stdin_read_a_few_bytes_at_a_time(tmp_path, step):
+    data = b"\n\n   " + json.dumps([flat_event(1), flat_event(2)]).encode()
+    expected = _as_read_from_file(tmp_path, "a.json", data)
+    assert list(read_stdin_records(io.BufferedReader(_Trickle(data, step), 1))) == expected
+    lines = b"".join(orjson.dumps(flat_event(n)) + b"\n" for n in range(5))
+    got = list(read_stdin_records(io.BufferedReader(_Trickle(lines, step), 1)))
+    assert [r.position for _, r in got] == [1, 2, 3, 4, 5]
+
+
+def test_stdin_evtx(tmp_path):
+    src = _real_evtx(1)
+    from_file = _as_read_from_file(tmp_path, "a.evtx", src.read_bytes())
+    assert from_file and _stdin_items(src.read_bytes()) == from_file
+
+
+def test_find_event_files_reports_missing_paths_to_on_error(tmp_path):
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    problems: list[OSError] = []
+    found = find_event_files([tmp_path / "nope", tmp_path], on_error=problems.append)
+    assert found == [tmp_path / "a.jsonl"]
+    assert [(type(e), e.filename, e.strerror) for e in problems] == \
+        [(FileNotFoundError, str(tmp_path / "nope"), "No such file or directory")]
 
 
 # --------------------------------------------------------------------------

@@ -765,3 +765,120 @@ def test_correlations_come_back_whole_from_the_cache(tmp_path):
     assert warm.cache_hits == 2 and cold.errors == warm.errors == []
     assert warm.correlations == cold.correlations and warm.suppressed == cold.suppressed
     assert warm.rules[0].name == "base_rule"
+
+
+# ------------------------------------------------------------------ duplicate ids, log sources, YAML lines
+
+DUP_ID = "12345678-1234-4234-8234-123456789abc"
+
+
+def test_duplicate_rule_id_keeps_the_first_and_rejects_the_other_with_both_places(tmp_path):
+    a = write(tmp_path / "a.yml", rule_yaml(title="first", rule_id=DUP_ID, logsource=PROC_LS))
+    b = write(tmp_path / "b.yml", rule_yaml(title="second", rule_id=DUP_ID, logsource=PROC_LS))
+    write(tmp_path / "c.yml", rule_yaml(title="other", logsource=PROC_LS))
+    loaded = load_rules([tmp_path], use_cache=False)
+    assert titles(loaded) == ["first", "other"]
+    (err,) = loaded.errors
+    assert (err.path, err.line, err.title) == (str(b), line_of(b, "id:"), "second")
+    assert err.reason == f"duplicate rule id {DUP_ID} (first defined in {a}:{line_of(a, 'id:')})"
+    assert str(err).startswith(f"{b}:{line_of(b, 'id:')}: 'second' [{DUP_ID}]: duplicate rule id")
+
+
+def test_duplicate_rule_id_is_rejected_from_the_cache_too(tmp_path):
+    write(tmp_path / "a.yml", rule_yaml(title="first", rule_id=DUP_ID))
+    write(tmp_path / "b.yml", rule_yaml(title="second", rule_id=DUP_ID))
+    load_rules([tmp_path], cache_dir=tmp_path / "cache")
+    again = load_rules([tmp_path], cache_dir=tmp_path / "cache")
+    assert again.cache_hits == 2
+    assert titles(again) == ["first"] and "duplicate rule id" in again.errors[0].reason
+
+
+def test_duplicate_rule_id_in_one_file(tmp_path):
+    f = write(tmp_path / "m.yml", rule_yaml(title="one", rule_id=DUP_ID) + "---\n"
+              + rule_yaml(title="two", rule_id=DUP_ID))
+    loaded = load_rules([f], use_cache=False)
+    assert titles(loaded) == ["one"]
+    (err,) = loaded.errors
+    first, second = [i for i, t in enumerate(f.read_text().splitlines(), 1) if t.startswith("id:")]
+    assert err.line == second and f"(first defined in {f}:{first})" in err.reason
+
+
+def test_misspelt_windows_category_is_rejected_at_its_key_and_siblings_load(tmp_path):
+    f = write(tmp_path / "r.yml", rule_yaml(title="typo", logsource={
+        "product": "windows", "category": "proces_creation"}) + "---\n" + rule_yaml(title="fine", logsource=PROC_LS))
+    loaded = load_rules([f], use_cache=False)
+    assert titles(loaded) == ["fine"]
+    (err,) = loaded.errors
+    assert err.line == line_of(f, "proces_creation") and err.title == "typo"
+    assert "unknown log source category 'proces_creation'" in err.reason
+    assert "did you mean 'process_creation'?" in err.reason
+
+
+def test_misspelt_category_no_longer_matches_every_channel():
+    """Regression: without a log-source condition the rule matched 4104 and 4688 events too."""
+    good = load_rule_text(rule_yaml(logsource=PROC_LS))
+    typo = load_rule_text(rule_yaml(logsource={"product": "windows", "category": "proces_creation"}))
+    assert typo.rules == [] and len(typo.errors) == 1
+    engine = Engine(good.rules)
+    assert engine.match({"EventID": 1, "Channel": SYSMON, "CommandLine": "evil"})
+    assert not engine.match({"EventID": 4104, "Channel": "Microsoft-Windows-PowerShell/Operational",
+                             "CommandLine": "evil"})
+
+
+def test_valid_but_unmapped_taxonomy_category_still_loads():
+    loaded = load_rule_text(rule_yaml(logsource={"product": "windows", "category": "file_access"}))
+    assert loaded.errors == [] and len(loaded.rules) == 1
+
+
+def test_category_a_user_pipeline_maps_is_accepted(tmp_path):
+    pipeline = write(tmp_path / "p.yml", textwrap.dedent("""\
+        name: custom source
+        priority: 20
+        transformations:
+          - id: my_source
+            type: add_condition
+            conditions: {Channel: My/Channel}
+            rule_conditions:
+              - type: logsource
+                product: windows
+                category: proces_creation
+        """))
+    text = rule_yaml(logsource={"product": "windows", "category": "proces_creation"})
+    assert load_rule_text(text).errors[0].reason.startswith("unknown log source category 'proces_creation'")   # a near-miss: rejected
+    loaded = load_rule_text(text, pipelines=[pipeline])
+    assert loaded.errors == [] and Engine(loaded.rules).match({"Channel": "My/Channel", "CommandLine": "evil"})
+
+
+@pytest.mark.parametrize("text, line", [
+    ('title: "unclosed\nid: 1\ndetection:\n  sel: {A: b}\n  condition: sel\n', 1),
+    ("title: x\ndetection:\n  sel:\n    A: 'unclosed\n  condition: sel\nlevel: high\n", 4),
+    ("title: x\ndetection:\n  sel: [1, 2\n", 3),
+    ("title: x\ndetection:\n  sel:\n\tA: b\n", 4),
+])
+def test_invalid_yaml_at_end_of_file_points_at_the_unclosed_quote_or_bracket(text, line):
+    """Regression: an unclosed quote was reported on the line after the end of the file."""
+    (err,) = load_rule_text(text, name="f.yml").errors
+    assert err.line == line and f"(line {line}," in err.reason
+    assert line <= len(text.splitlines())
+
+
+def test_legacy_global_collection_rules_share_their_id_without_a_duplicate_error(tmp_path):
+    f = write(tmp_path / "c.yml", textwrap.dedent("""\
+        action: global
+        title: collection
+        id: 33333333-3333-4333-8333-333333333333
+        status: test
+        level: medium
+        detection:
+          condition: sel
+        ---
+        logsource: {product: windows, service: security}
+        detection:
+          sel: {EventID: 4697}
+        ---
+        logsource: {product: windows, service: system}
+        detection:
+          sel: {EventID: 7045}
+        """))
+    loaded = load_rules([f], use_cache=False)
+    assert loaded.errors == [] and len(loaded.rules) == 2
