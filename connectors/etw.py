@@ -22,9 +22,14 @@ survive the process that started them):
   :meth:`EtwSource.stats`; a session stopped from outside is restarted by
   ``check``.
 
-Values: pywintrace gives every property as a string (TdhFormatProperty) and the
-EventHeader as ctypes ints; :func:`connectors.winevent.normalize_etw` makes the
-canonical event.
+Each provider is enabled with ``EVENT_ENABLE_PROPERTY_SID`` (``ProviderParameters``), so
+every event carries the user's SID in its extended data, as the event log's
+``<Security UserID>`` does.
+
+Values: pywintrace gives properties as TdhFormatProperty's strings (ints/bools for the
+integer/boolean out-types) and the EventHeader as ctypes ints;
+:func:`connectors.winevent.normalize_etw` makes the canonical event (the event log's
+document of the same event, see :mod:`connectors.normalize`).
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ ERROR_MORE_DATA = 234
 ERROR_WMI_INSTANCE_NOT_FOUND = 4201
 EVENT_TRACE_CONTROL_QUERY = 0
 EVENT_TRACE_CONTROL_STOP = 1
+EVENT_ENABLE_PROPERTY_SID = 0x1   # evntcons.h: the user's SID in each event's extended data
 
 TRACE_LEVEL_INFORMATION = 4
 TRACE_LEVEL_VERBOSE = 5
@@ -162,9 +168,12 @@ class EtwSource:
             self.stop_orphan()
             infos = []
             id_filters: dict[str, list[int]] = {}
+            params_cls = importlib.import_module("etw.etw").ProviderParameters
             for p in self.providers:
+                # one ENABLE_TRACE_PARAMETERS per provider (pywintrace writes SourceId into it)
+                sid = params_cls(EVENT_ENABLE_PROPERTY_SID, []).get()
                 infos.append(mod.ProviderInfo(p.name, mod.GUID(p.guid), p.level,
-                                              p.any_keywords or None, p.all_keywords or None))
+                                              p.any_keywords or None, p.all_keywords or None, sid))
                 if p.event_ids:
                     id_filters[p.guid.upper()] = list(p.event_ids)
             self._job = mod.ETW(session_name=self.session_name, ring_buf_size=self.ring_buf_size_kb,

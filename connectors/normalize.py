@@ -47,16 +47,55 @@ package, rendered XML via :mod:`connectors.xml_events`: live EvtRender,
   bare ``5770385F-...`` is converted here. GUIDs in EventData stay as logged.
 * empty elements: an empty System element (``<Correlation/>``) is absent, an
   empty named ``Data`` is ``""``, an empty EventData is absent.
-* types: as the EVTX binary XML gives them (ints for integer types, bools,
-  ``0x..`` strings for hex types, ``Keywords`` a ``0x..`` string); rendered
-  XML, which has only text, is typed by the schema-free rule in
-  :mod:`connectors.xml_events` (decimal -> int, true/false -> bool), which
-  reproduces EVTX except for string-declared fields holding such text.
+* types: as the EVTX binary XML gives them, i.e. as the provider's manifest
+  declares them (ints for integer types, bools, ``0x..`` strings for hex types,
+  ``Keywords`` a ``0x..`` string, strings for string types even when the text
+  is ``49249`` or ``false``); rendered XML, which has only text, is typed by
+  the rule in :mod:`connectors.xml_events` (decimal -> int, true/false -> bool)
+  except for the string-declared fields it lists (``STRING_FIELDS``: Security
+  ``IpPort``, Sysmon ``Signed``, every Defender field ...). On
+  evtx-attack-samples the two paths give the same values of the same types for
+  every record (before that table: 1,862 records differed in a type).
 * line endings: kept as logged (CRLF stays CRLF), on both paths.
 * characters XML forbids (control characters in event data): kept as the
   characters they are (the XML reader recovers them, see xml_events).
 * binary data (``Binary``): the hex string, never typed.
 * no live-only rewriting: registry paths and hex ids stay as logged.
+
+ETW records (pywintrace, :func:`connectors.winevent.normalize_etw`) give the
+event log's document of the same event, but for ``EventRecordID``, which an ETW
+event does not have (tests/unit/test_etw_equivalence.py, with the corpus 4104s).
+Decided once, per field:
+
+* payload names: the ETW property names, which are the manifest's ``Data Name``s
+  (``ScriptBlockText``, ``ScriptBlockId``, ``MessageNumber``, ``MessageTotal``,
+  ``Path``; 4103 ``ContextInfo``, ``UserData``, ``Payload``); values as
+  TdhFormatProperty gives them, ints for the manifest's integer fields whether
+  pywintrace converted them or not (``INT_FIELDS``), text as logged (CRLF kept,
+  empty ``Path`` is ``""``); a payload named ``EventID``/``Channel`` is
+  ``EventData_<name>`` as above.
+* ``EventID``, ``Version``, ``Level``, ``Task``, ``Opcode``: the header's
+  EventDescriptor (ints); ``Keywords``: its ``Keyword`` as ``0x..`` lower-case hex.
+* ``Provider_Name``/``Channel``: the manifest names of the provider GUID and of the
+  descriptor's channel number (16 -> ``.../Operational``); ``Provider_Guid``
+  lower-case braced (pywintrace's ``str(GUID)`` is upper-case).
+* ``TimeCreated``: the header's ``TimeStamp`` (FILETIME: ProcessTrace converts
+  real-time timestamps to system time) -> UTC, microseconds truncated, like the
+  event log's 100 ns ``SystemTime``.
+* ``Execution_ProcessID``/``Execution_ThreadID``: the header's ``ProcessId``/
+  ``ThreadId`` (ints).
+* ``Security_UserID``: the extended data's ``SID``: the ETW source enables every
+  provider with ``EVENT_ENABLE_PROPERTY_SID``, or ETW would not carry it.
+* ``Correlation_ActivityID``: the header's ``ActivityId``, upper-case braced, absent
+  when all zeros (the event log's empty ``<Correlation/>``);
+  ``Correlation_RelatedActivityID``: the extended data's ``RelatedActivityID``.
+* ``Computer``: the agent's ``computer_name`` (default: the host's DNS name, what
+  the event log writes); ETW events carry no host.
+* not event content, so not in the document: pywintrace's ``Task Name`` and
+  ``Description`` (manifest texts), the rest of the header (``Size``, ``Flags``,
+  ``KernelTime`` ...) and other extended data.
+* ETW-only rewriting: kernel registry paths (``\\REGISTRY\\MACHINE\\..``) become
+  the ``HKLM\\..`` form the event log has (event-log input is never rewritten).
 
 No marker field is added: an "already normalised" event is recognised by its
 keys (``EventID`` int, ``Channel`` str, ``Computer``, ``Provider_Name``,

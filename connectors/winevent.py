@@ -171,8 +171,9 @@ def normalize_etw(record: Any, computer: str) -> dict:
     ``(event_id, out)`` where ``out`` = ``{"EventHeader": {... ints ..., "TimeStamp":
     FILETIME, "ProviderId": "{GUID}", "EventDescriptor": {"Id", "Version", "Channel",
     "Level", "Opcode", "Task", "Keyword"}, "ActivityId": "{GUID}"}, "Task Name": "...",
-    "Description": "...", <property name>: <string value>, ...}``; the bare ``out`` dict
-    is accepted too. ``computer``: the host name to put in ``Computer`` (ETW events
+    "Description": "...", <property name>: <value>, ..., "EventExtendedData": {"SID",
+    "RelatedActivityID", ...}}``; the bare ``out`` dict is accepted too. Gives the event log's
+    document of the same event but for ``EventRecordID`` (see :mod:`connectors.normalize`). ``computer``: the host name to put in ``Computer`` (ETW events
     carry none).
     """
     if isinstance(record, tuple) and len(record) == 2:
@@ -205,10 +206,13 @@ def normalize_etw(record: Any, computer: str) -> dict:
     if act and str(act).strip("{}").strip("0-") != "":
         ev["Correlation_ActivityID"] = str(act)
     ext = record.get("EventExtendedData")
-    if isinstance(ext, dict) and ext.get("SID"):
-        ev["Security_UserID"] = ext["SID"]
-    if record.get("Task Name"):
-        ev["sigstream_TaskName"] = record["Task Name"]
+    if isinstance(ext, dict):
+        if ext.get("RelatedActivityID"):
+            ev["Correlation_RelatedActivityID"] = str(ext["RelatedActivityID"])
+        if ext.get("SID"):
+            ev["Security_UserID"] = ext["SID"]
+    # pywintrace's "Task Name" / "Description" are manifest texts, not event content: the event
+    # log's document has neither (see the ETW list in connectors.normalize)
     for k, v in record.items():
         if k in _ETW_META:
             # "UserData" is pywintrace's raw-bytes key only when it holds bytes; PowerShell

@@ -17,11 +17,11 @@ XML only text):
   ``%%1833``, SIDs, GUIDs ...) stays a string. Applies to System values and attributes,
   named EventData ``Data`` values and UserData leaves; unnamed ``Data`` (classic
   insertion strings, always strings in EVTX) and ``Binary`` (hex dump) are never typed.
-  Residual differences: fields a manifest declares as strings holding decimal or
-  ``true``/``false`` text (Security 4768/4769 ``IpPort``/``PreAuthType``, Sysmon 7
-  ``Signed``, old Sysmon 3 ``SourcePort``/``DestPort``, Defender ``Threat ID`` ...) become
-  int/bool here but are strings in EVTX; no rule without the provider's manifest can tell
-  them apart (counted in tests/conformance/test_xml_path.py).
+  Fields that a provider's manifest declares as strings but that hold decimal or
+  ``true``/``false`` text (Security ``IpPort``/``PreAuthType``, Sysmon 7 ``Signed``,
+  Defender ``Threat ID`` ...) stay strings, as in EVTX: :data:`STRING_FIELDS` lists them per
+  provider (every such field of evtx-attack-samples; each is a string in every EVTX record
+  of the corpus). A provider or field not listed is typed by the rule above.
 * **empty elements**: a System element with neither attributes nor non-blank text
   (``<Correlation/>``, ``<Security/>``, pretty-printing whitespace) is null (the
   normaliser drops it); an empty ``<Data Name='X'/>`` is ``""`` (a present, empty field).
@@ -44,7 +44,7 @@ from typing import Any, Iterable, Iterator
 
 from sigstream.connectors.normalize import NormalizeError
 
-__all__ = ["XmlEventError", "RAW_KEEP", "event_record", "split_events", "typed_text"]
+__all__ = ["XmlEventError", "RAW_KEEP", "STRING_FIELDS", "event_record", "split_events", "typed_text"]
 
 # characters of the raw element text kept with an unreadable record
 RAW_KEEP = 4096
@@ -57,6 +57,20 @@ class XmlEventError(NormalizeError):
 
 
 # ------------------------------------------------------------------ typing --
+
+# EventData fields declared as strings by their provider's manifest whose text can look like a
+# number or a boolean: never typed (EVTX, which carries the manifest's types, has them as strings).
+# Provider -> field names; None: every EventData field of the provider (Defender declares all
+# its event data as strings).
+STRING_FIELDS: dict[str, frozenset[str] | None] = {
+    "Microsoft-Windows-Security-Auditing": frozenset((
+        "IpPort", "SourcePort", "DestPort", "PreAuthType", "PrimaryGroupId", "AttributeValue")),
+    "Microsoft-Windows-Sysmon": frozenset(("Signed", "Archived", "QueryStatus")),
+    "Microsoft-Windows-Windows Defender": None,
+    "Microsoft-Windows-RPC": frozenset(("Endpoint",)),
+    "Microsoft-Windows-PowerShell": frozenset(("param1", "param2", "param3")),
+    "Microsoft-Windows-ProcessExitMonitor": frozenset(("param1", "param2", "param3")),
+}
 
 _DEC = re.compile(r"-?(?:0|[1-9][0-9]{0,19})\Z")
 _I64_MIN = -(1 << 63)
@@ -230,7 +244,8 @@ def _elem(e: ET.Element, system: bool = False) -> Any:
     return d
 
 
-def _event_data(e: ET.Element) -> Any:
+def _event_data(e: ET.Element, typed: bool, strings: frozenset[str]) -> Any:
+    """EventData -> evtx-JSON; named values typed (if ``typed``) unless named in ``strings``."""
     data: list = []
     out: dict[str, Any] = {}
     if e.attrib:
@@ -241,8 +256,13 @@ def _event_data(e: ET.Element) -> Any:
             item: dict[str, Any] = {}
             text = _text(d.text)
             if "Name" in d.attrib:
-                item["#attributes"] = {"Name": d.attrib["Name"]}
-                item["#text"] = "" if text is None else typed_text(text)
+                name = d.attrib["Name"]
+                item["#attributes"] = {"Name": name}
+                if text is None:
+                    text = ""
+                elif typed and name not in strings:
+                    text = typed_text(text)
+                item["#text"] = text
             else:   # classic insertion strings: always text (as the EVTX path gives them)
                 item["#text"] = text
             data.append(item)
@@ -256,6 +276,20 @@ def _event_data(e: ET.Element) -> Any:
     if data:
         out["Data"] = data
     return out or None
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+def _typing_of(sysd: dict | None) -> tuple[bool, frozenset[str]]:
+    """(type EventData values at all, names kept as strings) for the event's provider."""
+    prov = sysd.get("Provider") if sysd else None
+    a = prov.get("#attributes") if type(prov) is dict else None
+    name = a.get("Name") if type(a) is dict else None
+    if name not in STRING_FIELDS:
+        return True, _NONE
+    fields = STRING_FIELDS[name]
+    return (False, _NONE) if fields is None else (True, fields)
 
 
 def event_record(xml: str) -> dict:
@@ -290,7 +324,7 @@ def event_record(xml: str) -> dict:
                 sysd[_local(s.tag)] = _elem(s, system=True)
             ev["System"] = sysd
         elif name == "EventData":
-            ev["EventData"] = _event_data(c)
+            ev["EventData"] = _event_data(c, *_typing_of(ev.get("System")))
         elif name == "RenderingInfo":
             continue
         else:

@@ -11,7 +11,8 @@ Mirrors the parts of pywintrace 0.2.0 that ``connectors/etw.py`` uses:
   ``EventProvider.stop`` (EnableTraceEx2 disable, ControlTraceW STOP) +
   ``EventConsumer.stop``); a random uuid4 session name when none is given;
 * ``etw.ProviderInfo(name, guid, level=4, any_keywords=None, all_keywords=None, params=None)``,
-  ``etw.GUID("{...}")``;
+  ``etw.GUID("{...}")``, ``etw.etw.ProviderParameters(event_property, event_filters)`` whose
+  ``.get()`` is the ENABLE_TRACE_PARAMETERS pointer to pass as ``params``;
 * ``etw.etw.TraceProperties()`` with ``.get().contents`` (EVENT_TRACE_PROPERTIES:
   ``EventsLost``, ``RealTimeBuffersLost`` ...);
 * ``etw.evntrace.ControlTraceW(TRACEHANDLE(0), name, props, code)`` returning a Win32
@@ -19,7 +20,9 @@ Mirrors the parts of pywintrace 0.2.0 that ``connectors/etw.py`` uses:
 
 The callback receives exactly what pywintrace's ``EventConsumer._processEvent`` passes:
 ``(event_id, out)`` with ``out = {"EventHeader": {...}, "Task Name": ..., "Description": ...,
-<properties as strings>}`` (see ``fakes/recordings.py``).
+<properties>, "EventExtendedData": {...}}`` (see ``fakes/recordings.py``). As ETW does, the
+user's ``SID`` is in ``EventExtendedData`` only for a provider enabled with
+``EVENT_ENABLE_PROPERTY_SID`` (a recording's SID is dropped otherwise).
 
 System-wide state (like ETW itself, sessions outlive the ETW object): ``SESSIONS``.
 Test knobs: ``RECORDINGS`` (replayed to a session whose providers match, in order,
@@ -94,6 +97,26 @@ class ProviderInfo:
         self.any_bitmask = any_keywords or 0
         self.all_bitmask = all_keywords or 0
         self.params = params
+
+
+EVENT_ENABLE_PROPERTY_SID = 0x1
+EVENT_HEADER_FLAG_EXTENDED_INFO = 0x1
+
+
+class _EnableParams:
+    def __init__(self, event_property: int):
+        self.Version = 2
+        self.EnableProperty = event_property
+        self.FilterDescCount = 0
+
+
+class ProviderParameters:
+    def __init__(self, event_property, event_filters):
+        self._props = _Ptr(_EnableParams(event_property))
+        self._props.contents.FilterDescCount = len(event_filters)
+
+    def get(self):
+        return self._props
 
 
 class _Props:
@@ -194,8 +217,20 @@ class ETW:
             self.deliver(rec)
         self.replayed.set()
 
+    def _provider(self, out: dict):
+        guid = str(out["EventHeader"]["ProviderId"]).upper()
+        return next((p for p in self.providers if str(p.guid).upper() == guid), None)
+
     def deliver(self, rec):
         event_id, out = rec
+        ext = out.get("EventExtendedData")
+        if isinstance(ext, dict) and "SID" in ext:
+            p = self._provider(out)
+            params = getattr(p, "params", None)
+            if not (params and params.contents.EnableProperty & EVENT_ENABLE_PROPERTY_SID):
+                ext = {k: v for k, v in ext.items() if k != "SID"}
+                out = {**out, "EventExtendedData": ext} if ext else \
+                    {k: v for k, v in out.items() if k != "EventExtendedData"}
         if self._wanted(out) and self.event_callback is not None:
             try:
                 self.event_callback((event_id, out))
@@ -232,6 +267,7 @@ etw = types.ModuleType("etw.etw")
 etw.TraceProperties = TraceProperties
 etw.ETW = ETW
 etw.ProviderInfo = ProviderInfo
+etw.ProviderParameters = ProviderParameters
 evntrace = types.ModuleType("etw.evntrace")
 evntrace.ControlTraceW = ControlTraceW
 evntrace.TRACEHANDLE = TRACEHANDLE

