@@ -1,4 +1,5 @@
-"""Test-suite wide hooks: the ``windows`` marker, and ``tests/fakes`` importable as ``fakes``."""
+"""Test-suite wide hooks: the ``windows`` marker, ``tests/fakes`` importable as ``fakes``, and
+one progress line per test file under pytest-xdist (``file_progress.py``)."""
 from __future__ import annotations
 
 import sys
@@ -7,6 +8,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import file_progress  # noqa: E402  (importable thanks to the line above)
+
+
+def pytest_configure(config):
+    if file_progress.wanted(config):
+        config.pluginmanager.register(file_progress.FileProgress(config), "sigstream-file-progress")
 
 
 def pytest_collection_modifyitems(config, items):

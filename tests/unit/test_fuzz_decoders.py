@@ -98,7 +98,9 @@ CASES = [(decode, ActionError), (decode_result, ActionError), (envelope.decode, 
 
 
 @pytest.mark.parametrize("fn, allowed", CASES, ids=lambda x: getattr(x, "__name__", ""))
-@pytest.mark.parametrize("value", NASTY, ids=lambda v: repr(v)[:24])
+# ids must not hold memory addresses: pytest-xdist workers must collect the same names
+@pytest.mark.parametrize("value", NASTY, ids=lambda v: (f"memoryview({bytes(v)!r})" if isinstance(v, memoryview)
+                                                        else repr(v))[:24])
 def test_nasty_corpus(fn, allowed, value):
     if fn is envelope.decode and not isinstance(value, (bytes, type(None))):
         pytest.skip("envelope.decode is only given Kafka values (bytes or None)")
