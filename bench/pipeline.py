@@ -4,18 +4,22 @@
 1. throughput: events/s of ONE processor process (stream.processor.Processor with the Kafka
    source and sinks, in this process) with the full SigmaHQ Windows rule set
    (rules/windows + rules-emerging-threats + rules-threat-hunting, product windows) over the
-   evtx-attack-samples events, pre-loaded into a topic (replicated --copies times). The clock
-   runs from the first non-empty poll to the last commit (the idle tail is excluded). --runs
-   passes, each a new consumer group over the same records: the first runs against a broker
-   whose fetch path is cold (a fresh JVM), the median of the others is the steady state a
+   evtx-attack-samples events, pre-loaded into a topic (replicated --copies times, each copy
+   from other host names: half the corpus is one host, and hosts are the partition keys).
+   The clock runs from the first non-empty poll to the last commit (the idle tail is
+   excluded). --runs passes, each a new consumer group over the same records: the first runs
+   against a broker whose fetch path is cold (a fresh JVM), the median of the others is the steady state a
    long-running processor sees; every pass is printed. The engine alone on the same events
-   (no Kafka) is printed for comparison.
+   (no Kafka) is printed for comparison. --client: the Kafka library of the processor
+   (kafka-python, confluent, or both side by side, passes interleaved); --workers N also times
+   N spawned processor processes in one consumer group (as `run --workers N`).
 2. latency: a `sigstream run` subprocess with one simple rule; this process offers --rate
    matching events/s for --seconds; latency per alert = alert detected_at (resp. the alert
    record's produce timestamp, resp. the moment a consumer here receives it) minus the
    moment the event was handed to the producer. p50/p90/p99/max.
 
     python bench/pipeline.py [--copies 6] [--runs 4] [--latency RATE[:EVERY]] [--seconds 20]
+    python bench/pipeline.py --skip-latency --client both --workers 2
     BENCH_RUN_ARGS="--commit-interval 0" python bench/pipeline.py --skip-throughput   # extra `run` options
 
 Run alone: the broker, the processor and the load generator share this machine's cores.
@@ -33,6 +37,7 @@ import textwrap
 import threading
 import time
 import uuid
+from typing import Any
 from datetime import datetime
 from pathlib import Path
 
@@ -42,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from _broker import Broker  # noqa: E402
 
-from sigstream.connectors.kafka import (KafkaAlertSink, KafkaDeadLetterSink, KafkaEventPublisher,  # noqa: E402
-                              KafkaSettings, KafkaSource, all_topics, create_topics, event_topic_pattern)
+from sigstream.connectors.kafka import (KafkaEventPublisher, KafkaSettings, KafkaSource, all_topics,  # noqa: E402
+                                        client_available, client_kit, create_topics, event_topic_pattern)
 from sigstream.connectors.readers import read_events  # noqa: E402
 from sigstream.stream.engine import Engine  # noqa: E402
 from sigstream.stream.enrich import enrich  # noqa: E402
@@ -83,14 +88,21 @@ def iso_ts(s: str) -> float:
 
 # ----------------------------------------------------------------- throughput ---
 
-def throughput(bootstrap: str, corpus: Path, copies: int, batch_size: int, runs: int) -> None:
-    settings = KafkaSettings(bootstrap=bootstrap)
+def load_engine(corpus: Path, quiet: bool = False) -> Engine:
     t = time.perf_counter()
     loaded = load_rules([corpus / "sigma" / d for d in SIGMA_DIRS],
                         selection=RuleSelection(products=frozenset({"windows"})))
     engine = Engine(loaded.rules, enrich=enrich)  # as `sigstream run` does by default
-    print(f"rules: {len(engine.rules):,} compiled ({len(loaded.errors)} load errors), "
-          f"{time.perf_counter() - t:.1f}s to load")
+    if not quiet:
+        print(f"rules: {len(engine.rules):,} compiled ({len(loaded.errors)} load errors), "
+              f"{time.perf_counter() - t:.1f}s to load")
+    return engine
+
+
+def throughput(bootstrap: str, corpus: Path, copies: int, batch_size: int, runs: int,
+               clients: list[str], workers: int) -> None:
+    settings = KafkaSettings(bootstrap=bootstrap)
+    engine = load_engine(corpus)
     events = [ev for ev, _ in read_events([corpus / "evtx-attack-samples"])]
     t = time.perf_counter()
     hits = sum(len(engine.match(ev)) for ev in events)
@@ -107,46 +119,65 @@ def throughput(bootstrap: str, corpus: Path, copies: int, batch_size: int, runs:
         t = time.perf_counter()
         for c in range(copies):
             for ev in events:
-                if c:
-                    ev = dict(ev, EventRecordID=f"{ev.get('EventRecordID')}-{c}")
+                if c:   # another fleet: its hosts (the partition keys) spread over the partitions
+                    ev = dict(ev, EventRecordID=f"{ev.get('EventRecordID')}-{c}",
+                              Computer=f"{ev.get('Computer')}-{c}")
                 pub.publish(ev)
         assert pub.flush(300), pub.stats
         pub.close()
     total = len(events) * copies
-    print(f"pre-loaded {total:,} events into {prefix}.events.* in {time.perf_counter() - t:.1f}s")
+    print(f"pre-loaded {total:,} events into {prefix}.events.* (3 partitions each) in {time.perf_counter() - t:.1f}s")
 
-    rates = []
+    modes = [(client, 1) for client in clients] + ([(client, workers) for client in clients] if workers > 1 else [])
+    summary = []
     for run in range(1, runs + 1):  # each pass: a new consumer group over the same records
-        rate, m, secs = processor_pass(settings, prefix, f"bench-tp-{run}", batch_size, engine)
-        rates.append(rate)
-        print(f"processor pass {run}{' (cold broker fetch path)' if run == 1 else ''}: "
-              f"{rate:,.0f} events/s ({m.events:,} events, {m.alerts:,} alerts, {m.batches} batches, "
-              f"{secs:.1f}s); {rate / eng_rate:.0%} of the engine-only rate")
-    steady = rates[1:] or rates
-    print(f"processor (Kafka in+out, 1 process, batch {batch_size}): median {statistics.median(steady):,.0f} "
-          f"events/s over passes {2 if len(rates) > 1 else 1}-{len(rates)} "
-          f"(range {min(steady):,.0f}-{max(steady):,.0f}); first pass {rates[0]:,.0f}")
+        for client, n in modes:     # modes interleaved: the machine's noise hits them alike
+            label = f"{client}{f' --workers {n}' if n > 1 else ''}"
+            if n == 1:
+                rate, m, secs, cpu, _ = processor_pass(settings, prefix, f"bench-tp-{client}-{run}",
+                                                       batch_size, engine, client)
+                detail = (f"{m.events:,} events, {m.alerts:,} alerts, {m.batches} batches, {secs:.1f}s, "
+                          f"{cpu / max(m.events, 1) * 1e6:.0f} us CPU/event")
+            else:
+                rate, counts, secs = workers_pass(bootstrap, corpus, prefix, f"bench-w{n}-{client}-{run}",
+                                                  batch_size, client, n)
+                detail = f"events per worker {counts}, {secs:.1f}s"
+            summary.append((label, rate))
+            print(f"{label:<24} pass {run}{' (cold broker fetch path)' if run == 1 else ''}: "
+                  f"{rate:,.0f} events/s ({detail}); {rate / eng_rate:.0%} of the engine-only rate")
+    for label in dict.fromkeys(lb for lb, _ in summary):
+        rates = [r for lb, r in summary if lb == label]
+        steady = rates[1:] or rates
+        print(f"processor {label} (Kafka in+out, batch {batch_size}): median "
+              f"{statistics.median(steady):,.0f} events/s over passes {2 if len(rates) > 1 else 1}-{len(rates)} "
+              f"(range {min(steady):,.0f}-{max(steady):,.0f}); first pass {rates[0]:,.0f}")
 
 
-def processor_pass(settings: KafkaSettings, prefix: str, group: str, batch_size: int, engine: Engine):
+def processor_pass(settings: KafkaSettings, prefix: str, group: str, batch_size: int, engine: Engine,
+                   client: str = "kafka-python", ready: Any = None):
     """One processor over every pre-loaded record; the clock runs from the first non-empty
-    poll to the last commit (the idle tail is excluded)."""
-    source = KafkaSource(settings, event_topic_pattern(prefix), group, from_beginning=True,
-                         max_poll_records=batch_size)
-    alerts = KafkaAlertSink(settings, f"{prefix}.alerts")
-    dlq = KafkaDeadLetterSink(settings, f"{prefix}.dlq")
+    poll to the last commit (the idle tail is excluded). Returns (events/s, metrics, seconds,
+    CPU seconds of this process over that span (all threads: librdkafka's included), epoch
+    time of the first non-empty poll). ready: a barrier passed before subscribing (several workers start together)."""
+    kit = client_kit(client)
+    if ready is not None:
+        ready.wait()
+    source = kit.source(settings, event_topic_pattern(prefix), group, from_beginning=True,
+                        max_poll_records=batch_size)
+    alerts = kit.alert_sink(settings, f"{prefix}.alerts")
+    dlq = kit.dead_letter_sink(settings, f"{prefix}.dlq")
     marks: dict[str, float] = {}
 
     class Timed:
         def poll(self, n, timeout_s):
             got = source.poll(n, timeout_s)
             if got and "first" not in marks:
-                marks["first"] = time.perf_counter()
+                marks["first"], marks["cpu0"] = time.time(), time.process_time()
             return got
 
         def commit(self):
             source.commit()
-            marks["last"] = time.perf_counter()
+            marks["last"], marks["cpu1"] = time.time(), time.process_time()
 
         def assignment(self):
             return source.assignment()
@@ -155,11 +186,47 @@ def processor_pass(settings: KafkaSettings, prefix: str, group: str, batch_size:
             source.close()
 
     p = Processor(Timed(), Detector(engine), alerts, dlq, batch_size=batch_size, poll_timeout_s=0.5,
-                  until_idle_s=3, commit_interval_s=1.0)  # `sigstream run`'s default
+                  until_idle_s=5, commit_interval_s=1.0)  # `sigstream run`'s default
     m = p.run()
     alerts.close(), dlq.close(), source.close()
+    if "first" not in marks:
+        return 0.0, m, 0.0, 0.0, None
     secs = marks["last"] - marks["first"]
-    return m.events / secs, m, secs
+    return m.events / secs, m, secs, marks["cpu1"] - marks["cpu0"], marks["first"]
+
+
+def _worker_pass(bootstrap: str, corpus: str, prefix: str, group: str, batch_size: int, client: str,
+                 ready: Any, out: Any) -> None:
+    engine = load_engine(Path(corpus), quiet=True)
+    import logging
+    logging.basicConfig(level=logging.ERROR)
+    _, m, secs, _, first = processor_pass(KafkaSettings(bootstrap=bootstrap), prefix, group, batch_size,
+                                          engine, client, ready)
+    out.put((m.events, first, secs))
+
+
+def workers_pass(bootstrap: str, corpus: Path, prefix: str, group: str, batch_size: int, client: str,
+                 n: int) -> tuple[float, list[int], float]:
+    """n processes (spawned, each a full processor, as `run --workers n`) in one group over the
+    pre-loaded records; events/s = all events / (last commit - first poll) over the workers."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_worker_pass, args=(bootstrap, str(corpus), prefix, group, batch_size,
+                                                    client, ready, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join(60)
+    return _workers_rate(results)
+
+
+def _workers_rate(results: list[tuple[int, float | None, float]]) -> tuple[float, list[int], float]:
+    spans = [(start, start + secs) for _, start, secs in results if start is not None]
+    wall = max(e for _, e in spans) - min(s for s, _ in spans)
+    events = sum(r[0] for r in results)
+    return events / wall, [r[0] for r in results], wall
 
 
 # -------------------------------------------------------------------- latency ---
@@ -275,6 +342,11 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    ap.add_argument("--client", choices=["kafka-python", "confluent", "both"], default="both",
+                    help="Kafka client library of the processor (throughput); both: side by side "
+                         "(confluent only when confluent-kafka is installed)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="also time N processor processes in one consumer group (throughput)")
     args = ap.parse_args()
     import logging
     logging.basicConfig(level=logging.ERROR)
@@ -282,7 +354,13 @@ def main() -> None:
     def go(bootstrap: str) -> None:
         print(f"broker {bootstrap}, {os.cpu_count()} CPU(s)")
         if not args.skip_throughput:
-            throughput(bootstrap, args.corpus, args.copies, args.batch_size, args.runs)
+            clients = ["kafka-python", "confluent"] if args.client == "both" else [args.client]
+            if "confluent" in clients and not client_available("confluent"):
+                if args.client == "confluent":
+                    sys.exit("confluent-kafka is not installed: pip install sigstream[confluent]")
+                print("confluent-kafka is not installed: kafka-python only")
+                clients.remove("confluent")
+            throughput(bootstrap, args.corpus, args.copies, args.batch_size, args.runs, clients, args.workers)
         if not args.skip_latency:
             for spec in args.latency or ["5000:1", "5000:20", "1000:1"]:
                 rate, _, every = spec.partition(":")

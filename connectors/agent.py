@@ -8,7 +8,7 @@ Threads:
 * the publisher thread: takes events off the queue, applies the events/s budget,
   hands them to the sink (:class:`connectors.kafka.KafkaEventPublisher`, or
   stdout/file for testing) and acknowledges them to their source (bookmark);
-* the health server thread (127.0.0.1 only, JSON).
+* the health server thread (loopback only): JSON on /health, Prometheus text on /metrics.
 
 Back-pressure first, shedding last: the queue is bounded by events and by bytes.
 A full queue blocks an event-log source for as long as needed (nothing is lost:
@@ -28,11 +28,9 @@ sink are :mod:`connectors.agent_queue`. Their public names are re-exported here.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,7 +96,7 @@ class Agent:
         self._stop = threading.Event()
         self._drained = threading.Event()
         self._pub_thread: threading.Thread | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: Any = None      # sigstream.metrics.Endpoint
         self._lock = threading.Lock()
         self.per_source: dict[str, dict[str, int]] = {}
         self.counts = dict(published=0, filtered=0, dropped=0, publish_errors=0)
@@ -255,42 +253,33 @@ class Agent:
         }
 
     def _start_health(self) -> None:
+        """``health.listen``: /health (and /) the JSON document of :meth:`health`, /metrics
+        the same counters in Prometheus text (sigstream.metrics, shared by every command).
+        A port in use raises sigstream.metrics.MetricsPortError."""
+        from sigstream.metrics import AgentCollector, Endpoint
         host, _, port = self.cfg.health_listen.rpartition(":")
-        agent = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                if self.path.split("?")[0] not in ("/", "/health", "/metrics"):
-                    self.send_error(404)
-                    return
-                doc = agent.health()
-                body = json.dumps(doc, default=str).encode()
-                self.send_response(200 if doc["status"] == "ok" else 503)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
-        self._http.daemon_threads = True
-        self.health_port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="health", daemon=True).start()
-        log.info("health endpoint on http://%s:%d/health", host, self.health_port)
+        self._http = Endpoint(host.strip("[]"), int(port))
+        self._http.health = self.health
+        self._http.registry.register(AgentCollector(self.health))
+        self.health_port = self._http.port
+        log.info("health endpoint on http://%s:%d/health (Prometheus: /metrics)", host, self.health_port)
 
     # --------------------------------------------------------- lifecycle --
     def start(self) -> None:
         self._sources_stopped = threading.Event()
-        if self.sink is None:
-            self.sink = make_sink(self.sink_spec, self.cfg)
-        if not self._built_sources:
-            self.sources = self.build_sources()
+        if self.cfg.health_enabled:
+            self._start_health()     # first: a port in use stops the agent before any work
+        try:
+            if self.sink is None:
+                self.sink = make_sink(self.sink_spec, self.cfg)
+            if not self._built_sources:
+                self.sources = self.build_sources()
+        except BaseException:
+            if self._http is not None:
+                self._http.stop()
+            raise
         for s in self.sources:
             self._src_counts(s.name)
-        if self.cfg.health_enabled:
-            self._start_health()
         self._pub_thread = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         self._pub_thread.start()
         self.actions = None
@@ -367,6 +356,5 @@ class Agent:
             except Exception:  # noqa: BLE001
                 log.exception("closing the publisher")
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
         log.info("agent stopped", extra={"stats": self.health()})

@@ -171,10 +171,12 @@ class MemorySource:
         self.broker.commit(self.group_id, dict(self._positions))
 
     def lag(self) -> int:
-        total = 0
-        for (t, p) in self._assigned():
-            total += self.broker.end_offsets(t)[p] - self._positions[(t, p)]
-        return total
+        return sum(self.lag_by_partition().values())
+
+    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        """Records not yet consumed, per partition (as KafkaSource's)."""
+        return {(t, p): self.broker.end_offsets(t)[p] - self._positions[(t, p)]
+                for (t, p) in self._assigned()}
 
     def close(self) -> None:
         self.closed = True

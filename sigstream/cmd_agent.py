@@ -25,8 +25,16 @@ from sigstream.cli import EXIT_USAGE, main
 @click.option("--check", "check_only", is_flag=True, help="Validate the configuration and exit.")
 @click.option("--max-runtime", type=float, default=None, metavar="SECONDS",
               help="Stop after this long (testing).")
-def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime: float | None) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve /metrics (Prometheus) and /health (JSON) on this port of the loopback "
+                   "address of health.listen, instead of its port (0: any free port).")
+def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime: float | None,
+              metrics_port: int | None) -> None:
     """Run the endpoint agent: ETW + event-log sources -> Kafka, with a local health endpoint.
+
+    \b
+    health.listen (default 127.0.0.1:8765) serves /health (JSON: status, sources, queue,
+    spool, counters; 503 when degraded) and /metrics (the same counters, Prometheus text).
 
     \b
     Stops cleanly on Ctrl+C / SIGTERM / Ctrl+Break (the Windows service wrapper sends Ctrl+C):
@@ -34,6 +42,7 @@ def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime:
     """
     from sigstream.connectors.agent import Agent, load_config, setup_logging
     from sigstream.connectors.sink_spec import parse_sink_spec
+    from sigstream.metrics import MetricsPortError
     from sigstream.stream.errors import ConfigProblem
 
     try:
@@ -42,6 +51,9 @@ def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime:
     except ConfigProblem as e:          # ConfigError (the file) or a bad --sink
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_USAGE)
+    if metrics_port is not None:      # as --metrics-port of run/collect/respond; loopback only
+        cfg.health_listen = f"{cfg.health_listen.rpartition(':')[0]}:{metrics_port}"
+        cfg.health_enabled = True
     if check_only:
         click.echo(f"{config_path}: OK (host_id {cfg.host_id}; ETW "
                    f"{'on: ' + ', '.join(p.name for p in cfg.etw_providers) if cfg.etw_enabled else 'off'}; "
@@ -62,6 +74,9 @@ def agent_cmd(config_path: str, sink: str | None, check_only: bool, max_runtime:
         code = agent.run(max_runtime)
     except ConfigProblem as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    except MetricsPortError as e:       # health.listen in use: nothing has started
+        click.echo(f"error: health.listen {cfg.health_listen}: {e}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as e:  # noqa: BLE001 - EtwUnavailable, EventLogUnavailable, ...
         logging.getLogger("sigstream.agent").exception("agent failed: %s", e)

@@ -30,15 +30,14 @@ import orjson
 from sigstream.stream.commit import commit_outputs
 from sigstream.stream.errors import TransportProblem
 from sigstream.cli import err_console, main
+from sigstream.kafka_cli import (hidden_alias, kafka_options, metrics_options, need_bootstrap,
+                                 open_metrics, quiet_kafka_client, serve_counters)
 
 log = logging.getLogger("sigstream.respond")
-BOOTSTRAP_ENV = "SIGSTREAM_BOOTSTRAP"
 KEYS_ENV = "SIGSTREAM_ACTION_KEYS_FILE"
 
 
-def _bootstrap_opt(f: Callable) -> Callable:
-    return click.option("--bootstrap", metavar="HOST:PORT", envvar=BOOTSTRAP_ENV,
-                        help=f"Kafka bootstrap server(s) (default ${BOOTSTRAP_ENV}).")(f)
+_bootstrap_opt = kafka_options("an error (this command needs a broker).")
 
 
 def _keys_opt(f: Callable) -> Callable:
@@ -67,8 +66,9 @@ def _keyring(path: str | None, allow_hmac: bool = False) -> Any:
 
 
 def _need_bootstrap(bootstrap: str | None, what: str) -> str:
-    if not bootstrap:
-        raise click.UsageError(f"{what} needs a broker: --bootstrap HOST:PORT or ${BOOTSTRAP_ENV}")
+    """--bootstrap, else $SIGSTREAM_BOOTSTRAP, else a usage error (kafka-python kept quiet)."""
+    bootstrap = need_bootstrap(bootstrap, what)
+    quiet_kafka_client(bootstrap)
     return bootstrap
 
 
@@ -153,14 +153,19 @@ def _loop(source: Any, on_message: Callable[[Any], bool], max_count: int | None,
 @_state_opt
 @click.option("--group", default="sigstream-respond", show_default=True, help="Consumer group.")
 @click.option("--topic", default=None, help="Alerts topic (default sigstream.alerts).")
-@click.option("--from-beginning/--latest", default=False, help="Where a new group starts (default: latest).")
+@click.option("--from-beginning/--from-latest", default=False,
+              help="Where a new group starts (default: latest).")
+@hidden_alias("--latest", "from_beginning", value=False)
 @click.option("--max-alerts", type=click.IntRange(1), help="Exit after handling N alerts.")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Exit after no alert for this long.")
+@click.option("--timeout", type=click.FloatRange(0), metavar="SECONDS",
+              help="Exit after no alert for this long.")
 @click.option("--max-alert-bytes", type=click.IntRange(1), default=None,
               help="Alerts larger than this are rejected unparsed (default 8 MiB).")
+@metrics_options
 def respond(policy_path: str, bootstrap: str | None, keys_path: str | None, allow_hmac: bool,
             state_path: str | None, group: str, topic: str | None, from_beginning: bool,
-            max_alerts: int | None, timeout: float | None, max_alert_bytes: int | None) -> None:
+            max_alerts: int | None, timeout: float | None, max_alert_bytes: int | None,
+            metrics_port: int | None, metrics_addr: str) -> None:
     """Consume alerts, apply the responder policy, produce signed action requests.
 
     \b
@@ -182,6 +187,7 @@ def respond(policy_path: str, bootstrap: str | None, keys_path: str | None, allo
         raise click.UsageError("respond needs a signing key (an ed25519-private key line), "
                                "not only public keys")
     settings = KafkaSettings.from_env(_need_bootstrap(bootstrap, "respond"))
+    endpoint = open_metrics(metrics_port, metrics_addr)     # a port in use stops us here
     store = ApprovalStore(state_path)
     producer = KafkaRecordProducer(settings, ACTIONS_TOPIC)
     notifier = _webhook(policy)
@@ -198,9 +204,11 @@ def respond(policy_path: str, bootstrap: str | None, keys_path: str | None, allo
             log.warning("rejected %s[%s]@%s: %s", m.topic, m.partition, m.offset, e)
             return False
         for o in responder.handle(alert, time.time()):
+            counts[o.what] = counts.get(o.what, 0) + 1
             click.echo(orjson.dumps({"alert_id": alert.get("alert_id"), "host": alert.get("host"),
                                      "outcome": o.what, "type": o.type, "detail": o.detail or None,
                                      "action_id": o.request.action_id if o.request else None}).decode())
+        counts["handled"] = counts.get("handled", 0) + 1     # as _loop counts them
         return True
 
     def after_batch() -> None:
@@ -209,14 +217,26 @@ def respond(policy_path: str, bootstrap: str | None, keys_path: str | None, allo
             notifier.flush()
         store.expire(time.time())
 
+    exporter = serve_counters(endpoint, _respond_counters(), lambda: counts)
     try:
         n = _loop(source, on_message, max_alerts, timeout, after_batch, counts)
     finally:
+        if exporter is not None:
+            exporter.stop()
         source.close()
         producer.close()
         store.close()
     rejected = counts.get("rejected", 0)
     err_console.print(f"{n} alert(s) handled" + (f", {rejected} message(s) rejected" if rejected else ""))
+
+
+def _respond_counters() -> dict[str, tuple[str, str]]:
+    """--metrics-port of respond: alerts handled, rejected, and one counter per decision."""
+    specs = {"handled": ("sigstream_respond_alerts", "Alerts handled."),
+             "rejected": ("sigstream_respond_rejected", "Messages rejected (not a usable alert).")}
+    for what in ("sent", "pending", "duplicate", "notified", "skipped"):   # stream.responder.Outcome
+        specs[what] = (f"sigstream_respond_{what}", f"Decisions: {what}.")
+    return specs
 
 
 # ------------------------------------------------------------------ actions ---
@@ -261,7 +281,7 @@ def _decide(action_id: str, approve: bool, by: str | None, state_path: str | Non
     ring = _keyring(keys_path, allow_hmac) if approve else None
     approvers = None
     if approve:
-        _need_bootstrap(bootstrap, "actions approve")
+        bootstrap = _need_bootstrap(bootstrap, "actions approve")
         try:
             ttl = parse_duration(execute_ttl)
         except ValueError as e:
@@ -275,21 +295,26 @@ def _decide(action_id: str, approve: bool, by: str | None, state_path: str | Non
                 raise click.UsageError("--approver-key: the file has no private (ed25519-private) key")
     else:
         ttl = 0.0
+    producer = None
+    if approve:
+        # connected before the decision is recorded: an unreachable broker changes nothing
+        from sigstream.connectors.kafka import ACTIONS_TOPIC, KafkaRecordProducer, KafkaSettings
+        producer = KafkaRecordProducer(KafkaSettings.from_env(bootstrap), ACTIONS_TOPIC)
     store = ApprovalStore(state_path)
     try:
         req = store.decide(action_id, approve, by, time.time(), ttl)
     except ApprovalError as e:
+        if producer is not None:
+            producer.close()
         err_console.print(f"[red]{e}[/red]")
         sys.exit(1)
     finally:
         store.close()
-    if approve:
-        from sigstream.connectors.kafka import ACTIONS_TOPIC, KafkaRecordProducer, KafkaSettings
+    if producer is not None:
         from sigstream.stream.actions import encode, sign, sign_approval
         message = sign(req, ring)
         if approvers is not None:
             message["approval"] = sign_approval(req, approvers, time.time())
-        producer = KafkaRecordProducer(KafkaSettings.from_env(bootstrap), ACTIONS_TOPIC)
         try:
             producer.send(encode(message), req.host.encode("utf-8", "surrogatepass"))
             producer.flush()
@@ -382,7 +407,8 @@ def _iter_lines(f: Any, max_bytes: int):
               help="Where quarantined registry values are saved (--real).")
 @click.option("--group", default=None, help="Consumer group (default sigstream-executor-<host>).")
 @click.option("--max-actions", type=click.IntRange(1), help="Exit after N messages.")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Exit after no message for this long.")
+@click.option("--timeout", type=click.FloatRange(0), metavar="SECONDS",
+              help="Exit after no message for this long.")
 @click.option("--max-action-bytes", type=click.IntRange(64), default=64 * 1024, show_default=True,
               help="Messages larger than this are rejected before parsing.")
 @click.option("--max-lifetime", default="1h", show_default=True,

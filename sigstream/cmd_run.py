@@ -8,7 +8,6 @@ Kafka is only reached through connectors.kafka, imported when a broker is used.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import sys
@@ -26,6 +25,8 @@ from rich.markup import escape
 
 from sigstream.resources import bundled_rules, sample_files, samples_dir
 from sigstream.cli import EXIT_USAGE, _load, err_console, main, rule_options
+from sigstream.kafka_cli import (hidden_alias, kafka_options, need_bootstrap, open_metrics,
+                                 quiet_kafka_client, resolve_bootstrap)
 from sigstream.processing import (DEFAULT_GROUP, RuleWatcher, TeeSink,
                                   publish_files_to_kafka, run_embedded, run_kafka)
 from sigstream.render import LEVEL_RANK, LiveSink, summary_table
@@ -35,25 +36,10 @@ from sigstream.stream.rules import LEVELS
 
 log = logging.getLogger("sigstream.run")
 
-BOOTSTRAP_ENV = "SIGSTREAM_BOOTSTRAP"
 EXIT_FAILURE = 1
-
-
-def _quiet_kafka_client() -> None:
-    """kafka-python logs transient, self-healing conditions (new topic leaders, coordinator
-    moves) as warnings; interactive commands hide them unless --log-level debug."""
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("kafka").setLevel(logging.ERROR)
-
-
-def _bootstrap(value: str | None) -> str | None:
-    return value or os.environ.get(BOOTSTRAP_ENV) or None
-
-
-def bootstrap_option(f: Callable) -> Callable:
-    return click.option("--bootstrap", metavar="HOST:PORT",
-                        help=f"Kafka bootstrap server(s). Default: ${BOOTSTRAP_ENV}; unset = embedded "
-                             "mode (no Kafka).")(f)
+_bootstrap = resolve_bootstrap
+_quiet_kafka_client = quiet_kafka_client
+bootstrap_option = kafka_options("the embedded mode (no Kafka).")
 
 
 def _extra_sinks(url: str | None, payload: str, secret_env: str | None, dead_letter: str | None,
@@ -146,11 +132,14 @@ def _detector(opts: dict[str, Any], lateness_s: float = DEFAULT_LATENESS_S) -> A
 
 
 def _summary(m: Any, seconds: float, mode: str) -> None:
-    rate = m.events / seconds if seconds > 0 else 0.0
+    # the rate over the processor's busy time: waiting for events (empty polls, a --timeout
+    # at the end) is not throughput
+    busy = min(getattr(m, "busy_s", 0.0) or seconds, seconds)
+    rate = m.events / busy if busy > 0 else 0.0
     err_console.print(
         f"[bold]{mode}[/bold]: {m.events:,} events, {m.alerts:,} alerts, {m.dead_letters:,} dead letters, "
         f"{m.rules:,} rules{f', {m.reloads} reload(s)' if m.reloads else ''}, {seconds:.2f}s, "
-        f"{rate:,.0f} events/s", highlight=False)
+        f"{rate:,.0f} events/s (busy {busy:.2f}s)", highlight=False)
 
 
 # --------------------------------------------------------------------- run ---
@@ -170,8 +159,9 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
               help=r"Regex of the event topics to consume [default: ^<prefix>\.events\..*].")
 @click.option("--alerts-topic", help="[default: <prefix>.alerts]")
 @click.option("--dlq-topic", help="[default: <prefix>.dlq]")
-@click.option("--until-idle", type=float, metavar="SECONDS",
+@click.option("--timeout", "until_idle", type=click.FloatRange(0), metavar="SECONDS",
               help="Exit 0 after no new events for this long (default: run until signalled).")
+@hidden_alias("--until-idle", "until_idle", type=click.FloatRange(0))
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=2000, show_default=True,
               help="Records per poll.")
 @click.option("--commit-interval", type=click.FloatRange(0, 60), default=1.0, show_default=True,
@@ -203,9 +193,16 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
 @click.option("--webhook-dead-letter", type=click.Path(dir_okay=False), metavar="FILE",
               help="JSONL file for alerts the webhook permanently refused.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
-              help="Serve Prometheus metrics on this port (/metrics; 0: any free port).")
+              help="Serve Prometheus metrics on /metrics and a JSON health document on "
+                   "/health at this port (0: any free port).")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, metavar="ADDR",
               help="Address the metrics endpoint listens on.")
+@click.option("--kafka-client", type=click.Choice(["kafka-python", "confluent"]), default="kafka-python",
+              show_default=True, help="Kafka library of the event consumer and alert producer; "
+                                      "confluent (librdkafka) is faster: pip install sigstream[confluent].")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True, metavar="N",
+              help="With a broker: N processor processes in the same consumer group (at most one "
+                   "per partition is busy). Worker i serves metrics on --metrics-port + i - 1.")
 def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginning: bool,
         topic_prefix: str, topics: str | None, alerts_topic: str | None, dlq_topic: str | None,
         until_idle: float | None, batch_size: int, commit_interval: float, session_timeout: float,
@@ -221,7 +218,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
       sigstream run -r sigma_rules/ --input logs/ -f jsonl > alerts.jsonl
     With a broker (consumer group; alerts to sigstream.alerts, bad records to sigstream.dlq):
       sigstream run -r sigma_rules/ --bootstrap 127.0.0.1:9092
-      SIGSTREAM_BOOTSTRAP=kafka:9092 sigstream run -r rules/ --group soc --until-idle 30
+      SIGSTREAM_BOOTSTRAP=kafka:9092 sigstream run -r rules/ --group soc --timeout 30
 
     \b
     Delivery: at-least-once. After every batch the alerts and dead letters are
@@ -232,6 +229,14 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     the rules (a reload that yields no valid rule keeps the current set).
     """
     bootstrap = _bootstrap(bootstrap)
+    kafka_client, workers = opts.pop("kafka_client"), opts.pop("workers")
+    _check_kafka_client(kafka_client, bootstrap)
+    if workers > 1:
+        _run_workers(workers, bootstrap, inputs)   # exits
+    worker = _worker_index()
+    if worker is not None and metrics_port:
+        metrics_port += worker - 1   # workers of one machine cannot share a port
+    metrics_at = open_metrics(metrics_port, metrics_addr)   # bound first: a port in use stops here
     topics = topics or "^" + re.escape(topic_prefix) + r"\.events\..*"
     alerts_topic = alerts_topic or f"{topic_prefix}.alerts"
     dlq_topic = dlq_topic or f"{topic_prefix}.dlq"
@@ -255,7 +260,6 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
             live = FormattingSink(live, alert_format)
         return TeeSink(live, *extras) if (live is not None or extras) else None
 
-    metrics_at = (metrics_addr, metrics_port) if metrics_port is not None else None
     t0 = time.perf_counter()
     try:
         if bootstrap is None:
@@ -267,14 +271,16 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
             if inputs:
                 raise click.UsageError("--input is for the embedded mode; with a broker use "
                                        "`sigstream collect` to publish events")
+            _quiet_kafka_client(bootstrap)
             metrics = run_kafka(detector, bootstrap, group=group, topics=topics,
                                 from_beginning=from_beginning, alerts_topic=alerts_topic,
                                 dlq_topic=dlq_topic, batch_size=batch_size, until_idle=until_idle,
                                 rule_loader=loader, watch=watch, session_timeout_s=session_timeout,
                                 echo=echo_sink(LiveSink(fmt, summary=False) if fmt else None),
                                 wrap=wrap, commit_interval_s=commit_interval,
-                                topic_prefix=topic_prefix, metrics_at=metrics_at)
-            mode = f"kafka {bootstrap} group {group}"
+                                topic_prefix=topic_prefix, metrics_at=metrics_at,
+                                kafka_client=kafka_client)
+            mode = f"kafka {bootstrap} group {group}" + (f" worker {worker}" if worker else "")
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: offsets since the last batch are not committed[/yellow]")
         sys.exit(130)
@@ -288,6 +294,36 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     _summary(metrics, time.perf_counter() - t0, mode)
 
 
+def _worker_index() -> int | None:
+    from sigstream.run_workers import worker_index
+    return worker_index()
+
+
+def _check_kafka_client(kafka_client: str, bootstrap: str | None) -> None:
+    from sigstream.kafka_cli import BOOTSTRAP_ENV
+    if kafka_client == "kafka-python":
+        return
+    if bootstrap is None:
+        raise click.UsageError(f"--kafka-client {kafka_client} needs a broker (--bootstrap or "
+                               f"${BOOTSTRAP_ENV}); the embedded mode does not use Kafka")
+    from sigstream.connectors.kafka.clients import CONFLUENT_MISSING, client_available
+    if not client_available(kafka_client):
+        raise click.UsageError(CONFLUENT_MISSING)
+
+
+def _run_workers(workers: int, bootstrap: str | None, inputs: tuple[str, ...]) -> None:
+    """run --workers N: supervise N `run` processes of one consumer group (sigstream.run_workers)."""
+    from sigstream.kafka_cli import BOOTSTRAP_ENV
+    from sigstream.run_workers import supervise, without_workers
+    if bootstrap is None or inputs:
+        raise click.UsageError(f"--workers needs a broker (--bootstrap or ${BOOTSTRAP_ENV}) and no --input: "
+                               "the embedded mode is one process (for files: `sigstream hunt --jobs N`)")
+    argv = sys.argv[1:]
+    if not any(a == "--workers" or a.startswith("--workers=") for a in argv):
+        raise click.UsageError("--workers must be given on the sigstream command line")
+    sys.exit(supervise(workers, without_workers(argv)))   # workers inherit $SIGSTREAM_BOOTSTRAP
+
+
 # -------------------------------------------------------------------- demo ---
 
 @main.command()
@@ -296,8 +332,9 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
               help="Event files to replay instead of the bundled samples/.")
 @click.option("-r", "--rules", "rule_paths", multiple=True, type=click.Path(exists=True),
               help="Rules to use instead of the bundled sigma_rules/.")
-@click.option("--until-idle", type=float, default=5.0, show_default=True,
-              help="With a broker: stop after no new events for this long.")
+@click.option("--timeout", "until_idle", type=click.FloatRange(0), default=5.0, show_default=True,
+              metavar="SECONDS", help="With a broker: stop after no new events for this long.")
+@hidden_alias("--until-idle", "until_idle", type=click.FloatRange(0))
 def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, ...],
          until_idle: float) -> None:
     """Replay the bundled sample intrusion end to end and show the alerts as they arrive.
@@ -309,7 +346,7 @@ def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, 
       sigstream demo --bootstrap 127.0.0.1:9092
     """
     bootstrap = _bootstrap(bootstrap)
-    _quiet_kafka_client()
+    _quiet_kafka_client(bootstrap)
     opts = {"rule_paths": rule_paths or (str(bundled_rules()),)}
     files = list(inputs) or [str(p) for p in sample_files()]
     console = Console(highlight=False, soft_wrap=True)
@@ -389,43 +426,57 @@ def _show_action_result(value: bytes | None, shown_ids: set[str], fmt: str) -> N
 
 
 @alerts.command("tail")
-@bootstrap_option
+@kafka_options("an error (this command needs a broker).")
 @click.option("--topic-prefix", default="sigstream", show_default=True)
 @click.option("--topic", help="Alerts topic [default: <prefix>.alerts].")
-@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert (default: only new ones).")
+@click.option("-n", "--lines", type=click.IntRange(0), default=10, show_default=True, metavar="N",
+              help="First show the last N alerts of the topic (those of them that pass the "
+                   "filters), in time order.")
+@click.option("--from-beginning/--from-latest", default=None,
+              help="Show every alert already on the topic / none of them (-n 0); "
+                   "default: the last --lines.")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Keep showing new alerts; --no-follow: stop at the end of the topic as it was "
+                   "at start.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "jsonl"]),
               help="Default: table on a terminal, jsonl otherwise.")
 @click.option("--level", type=click.Choice(LEVELS), help="Only alerts of this level or higher.")
+@hidden_alias("--min-level", "level", type=click.Choice(LEVELS))
 @click.option("--host", help="Only hosts containing this text (case-insensitive).")
 @click.option("--rule", help="Only this rule id, or rules whose title contains this text.")
 @click.option("--tag", help="Only rules with this tag, e.g. attack.t1059.001.")
 @click.option("--max", "max_alerts", type=click.IntRange(1), help="Exit after showing N alerts.")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Exit after no new alert for this long.")
+@click.option("--timeout", type=click.FloatRange(0), metavar="SECONDS",
+              help="Exit after no new alert for this long.")
 @click.option("--alert-format", type=click.Choice(["native", "ecs", "ocsf"]), default="native",
               show_default=True, help="Shape of jsonl output.")
 @click.option("--with-actions", is_flag=True,
               help="Also follow <prefix>.action-results and show each responder action's result "
                    "under its alert.")
-def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, from_beginning: bool, fmt: str | None,
+def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, lines: int,
+                from_beginning: bool | None, follow: bool, fmt: str | None,
                 level: str | None, host: str | None, rule: str | None, tag: str | None,
                 max_alerts: int | None, timeout: float | None, alert_format: str,
                 with_actions: bool) -> None:
-    """Follow the alerts topic (a private consumer group: commits nothing for anyone else).
+    """Show the last alerts of the alerts topic, then follow it, like `tail -f`.
+
+    Reads the partitions directly (no consumer group: nothing is committed, no other
+    reader is affected). Times are ISO 8601 UTC.
 
     \b
     Examples:
-      sigstream alerts tail --bootstrap 127.0.0.1:9092
+      sigstream alerts tail --bootstrap 127.0.0.1:9092            # last 10, then follow
+      sigstream alerts tail -n 50 --no-follow                      # the last 50, then exit
       sigstream alerts tail --from-beginning --level high --host WKS-FIN --timeout 10
-      sigstream alerts tail --from-beginning -f jsonl --rule "AMSI" --max 100 > amsi.jsonl
+      sigstream alerts tail --from-beginning --no-follow -f jsonl --rule "AMSI" > amsi.jsonl
     """
-    bootstrap = _bootstrap(bootstrap)
+    bootstrap = need_bootstrap(bootstrap, "alerts tail",
+                               " (the embedded `run`/`demo` print alerts on stdout)")
     topic = topic or f"{topic_prefix}.alerts"
-    if bootstrap is None:
-        raise click.UsageError(f"alerts tail needs a broker: --bootstrap HOST:PORT or ${BOOTSTRAP_ENV} "
-                               "(the embedded `run`/`demo` print alerts on stdout)")
-    from sigstream.connectors.kafka import KafkaSettings, KafkaSource
+    from sigstream.connectors.kafka import KafkaSettings
+    from sigstream.connectors.kafka.tail import TopicTail
 
-    _quiet_kafka_client()
+    _quiet_kafka_client(bootstrap)
     fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
     if alert_format != "native" and fmt != "jsonl":
         raise click.UsageError(f"--alert-format {alert_format} needs -f jsonl")
@@ -436,42 +487,45 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
         out = FormattingSink(out, alert_format)
     settings = KafkaSettings.from_env(bootstrap=bootstrap)
     results_topic = f"{topic_prefix}.action-results"
-    # A throw-away group id: positions are never committed, no other reader is affected.
-    source = KafkaSource(settings, [topic, results_topic] if with_actions else [topic],
-                         f"sigstream-tail-{uuid.uuid4().hex[:12]}", from_beginning=from_beginning)
+    back = None if from_beginning else 0 if from_beginning is False else lines
+    source = TopicTail(settings, [topic, results_topic] if with_actions else [topic], back,
+                       optional=(results_topic,))
     shown_ids: set[str] = set()
     stop = threading.Event()
     prev = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     shown = bad = 0
-    last = time.monotonic()
+
+    def show(msgs: list[Any]) -> None:
+        nonlocal shown, bad
+        for m in msgs:
+            if stop.is_set():
+                break
+            if m.topic == results_topic and with_actions:
+                out.flush()
+                _show_action_result(m.value, shown_ids, fmt)
+                continue
+            a = _as_alert(m.value)
+            if a is None:
+                bad += 1
+            elif keep(a):
+                out.add(a)
+                shown_ids.add(str(a.get("alert_id")))
+                shown += 1
+                if max_alerts and shown >= max_alerts:
+                    stop.set()
+        out.flush()
+
     try:
-        while not stop.is_set():
+        show(_last_alerts(source.history(), topic, back, keep))
+        last = time.monotonic()
+        while follow and not stop.is_set():
             msgs = source.poll(500, 0.5)
             if not msgs:
                 if timeout is not None and time.monotonic() - last >= timeout:
                     break
                 continue
             last = time.monotonic()
-            for m in msgs:
-                if m.topic == results_topic and with_actions:
-                    out.flush()
-                    _show_action_result(m.value, shown_ids, fmt)
-                    continue
-                try:
-                    a = orjson.loads(m.value)
-                    if not isinstance(a, dict) or "rule" not in a:
-                        raise ValueError("not an alert")
-                except Exception:
-                    bad += 1
-                    continue
-                if keep(a):
-                    out.add(a)
-                    shown_ids.add(str(a.get("alert_id")))
-                    shown += 1
-                    if max_alerts and shown >= max_alerts:
-                        stop.set()
-                        break
-            out.flush()
+            show(msgs)
     except KeyboardInterrupt:
         pass
     finally:
@@ -480,3 +534,25 @@ def alerts_tail(bootstrap: str | None, topic_prefix: str, topic: str | None, fro
         source.close()
     if bad:
         err_console.print(f"[yellow]{bad} message(s) on {topic} were not alerts[/yellow]")
+
+
+def _as_alert(value: bytes | None) -> dict | None:
+    try:
+        a = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    return a if isinstance(a, dict) and "rule" in a else None
+
+
+def _last_alerts(history: list[Any], topic: str, lines: int | None,
+                 keep: Callable[[dict], bool]) -> list[Any]:
+    """The history to show: the alerts passing ``keep``, in time order (record timestamp,
+    then partition and offset), the last ``lines`` of them (None: all, non-alerts included:
+    they are counted); then the other records of the history (action results)."""
+    alerts = [m for m in history if m.topic == topic]
+    others = [m for m in history if m.topic != topic]
+    alerts.sort(key=lambda m: (m.timestamp_ms or 0, m.partition, m.offset))
+    if lines is not None:
+        passing = [m for m in alerts if (a := _as_alert(m.value)) is not None and keep(a)]
+        alerts = passing[-lines:] if lines else []
+    return alerts + others

@@ -99,7 +99,8 @@ def run_embedded(detector: Any, inputs: list[str], out: Any, *, batch_size: int 
                  wrap: Callable[[Any], Any] | None = None,
                  metrics_at: tuple[str, int] | None = None) -> Any:
     """Files -> collector thread -> MemoryBroker -> Processor -> out. Returns the metrics.
-    `metrics_at` (addr, port): serve Prometheus metrics there while the processor runs."""
+    `metrics_at` (a sigstream.metrics.Endpoint, or (addr, port)): serve the processor's
+    metrics there while it runs."""
     from sigstream.connectors.memory import (MemoryAlertSink, MemoryBroker, MemoryDeadLetterSink, MemoryProducer,
                                    MemorySource, publish_events)
     from sigstream.connectors.readers import find_event_files, read_events
@@ -151,13 +152,17 @@ def run_embedded(detector: Any, inputs: list[str], out: Any, *, batch_size: int 
     return metrics
 
 
-def _metrics_server(processor: Any, at: tuple[str, int] | None) -> Any:
-    """A started Prometheus endpoint observing `processor` (sigstream.metrics), or None."""
+def _metrics_server(processor: Any, at: Any, correlation_loop: Any = None) -> Any:
+    """Metrics observing `processor` (and the correlation loop over Kafka, if any;
+    sigstream.metrics), or None. `at`: an Endpoint the command bound before starting work,
+    or (addr, port) to bind now."""
     if at is None:
         return None
-    from sigstream.metrics import MetricsServer
-    server = MetricsServer(*at)
+    from sigstream.metrics import Endpoint, MetricsServer
+    server = MetricsServer(endpoint=at) if isinstance(at, Endpoint) else MetricsServer(*at)
     server.attach(processor)
+    if correlation_loop is not None:
+        server.observe_correlation_loop(correlation_loop)
     server.start()
     return server
 
@@ -255,9 +260,12 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
               rule_loader: Callable | None = None, watch: Callable | None = None,
               echo: Any = None, session_timeout_s: float = 45.0,
               wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0,
-              topic_prefix: str = "sigstream", metrics_at: tuple[str, int] | None = None) -> Any:
-    from sigstream.connectors.kafka import (KafkaAlertSink, KafkaConnectError, KafkaDeadLetterSink,
-                                            KafkaError, KafkaSettings, KafkaSource, create_topics)
+              topic_prefix: str = "sigstream", metrics_at: tuple[str, int] | None = None,
+              kafka_client: str = "kafka-python") -> Any:
+    """kafka_client: the library of the event source and alert/dlq sinks ("kafka-python" or
+    "confluent", connectors.kafka.clients)."""
+    from sigstream.connectors.kafka import (KafkaConnectError, KafkaError, KafkaSettings, client_kit,
+                                            create_topics)
     from sigstream.stream.correlation_stage import CorrelationStage
     from sigstream.stream.processor import Processor
 
@@ -274,10 +282,11 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
                                         alerts_topic=alerts_topic, until_idle=until_idle,
                                         commit_interval_s=commit_interval_s,
                                         session_timeout_s=session_timeout_s, batch_size=batch_size)
-    source = KafkaSource(settings, topics, group, from_beginning=from_beginning,
-                         max_poll_records=max(batch_size, 1), session_timeout_s=session_timeout_s)
-    alerts = KafkaAlertSink(settings, alerts_topic)
-    dlq = KafkaDeadLetterSink(settings, dlq_topic)
+    kit = client_kit(kafka_client)
+    source = kit.source(settings, topics, group, from_beginning=from_beginning,
+                        max_poll_records=max(batch_size, 1), session_timeout_s=session_timeout_s)
+    alerts = kit.alert_sink(settings, alerts_topic)
+    dlq = kit.dead_letter_sink(settings, dlq_topic)
     sink = TeeSink(alerts, echo) if echo is not None else alerts
     if wrap is not None:
         sink = wrap(sink)
@@ -285,7 +294,7 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
                           poll_timeout_s=0.5, until_idle_s=until_idle, rule_loader=rule_loader,
                           watch=watch, log_interval_s=15.0, commit_interval_s=commit_interval_s,
                           state=correlation.producer if correlation is not None else None)
-    exporter = _metrics_server(processor, metrics_at)
+    exporter = _metrics_server(processor, metrics_at, correlation.loop if correlation else None)
     restore = install_signals(processor)
     if correlation is not None:
         correlation.start(on_failure=processor.stop)

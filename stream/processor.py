@@ -118,6 +118,7 @@ class Metrics:
     events: int = 0
     alerts: int = 0
     dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)   # by kind (see _dead_letter)
     errors: int = 0            # unexpected exceptions per record (also dead-lettered)
     batches: int = 0
     commits: int = 0
@@ -127,6 +128,7 @@ class Metrics:
     reloads_rejected: int = 0
     rules: int = 0
     lag: int | None = None
+    busy_s: float = 0.0        # run()'s time minus its empty polls (waiting is not throughput)
     _window: tuple[float, int] = (0.0, 0)
 
     def snapshot(self) -> dict[str, Any]:
@@ -209,6 +211,7 @@ class Processor:
         self.engine_factory = engine_factory or (
             lambda rules: Engine(rules, enrich=getattr(self.engine, "_enrich", None)))
         self.on_batch = on_batch
+        self.last_batch: Sequence[Any] = ()
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self._lock = threading.Lock()
@@ -314,10 +317,13 @@ class Processor:
     def run(self) -> Metrics:
         """Process until stop(), until idle (until_idle_s / idle_exit), or a sink fails."""
         last_record = self.clock()
+        t_run, idle = time.perf_counter(), 0.0
         while not self._stop.is_set():
             self._between_batches()
+            t_poll = time.perf_counter()
             batch = self.source.poll(self.batch_size, self.poll_timeout_s)
             if not batch:
+                idle += time.perf_counter() - t_poll
                 now = self.clock()
                 self._emit(self.detector.tick(now))   # timed-out blocks, stage output
                 if self._uncommitted or self.detector.holds_state:
@@ -348,6 +354,7 @@ class Processor:
             last_record = self.clock()
         if self._uncommitted:
             self._commit()
+        self.metrics.busy_s += time.perf_counter() - t_run - idle
         if self.on_batch is not None:
             self.on_batch(self, None)
         self.log_metrics()
@@ -361,6 +368,7 @@ class Processor:
 
     def process_batch(self, batch: Sequence[Any]) -> None:
         m = self.metrics
+        self.last_batch = batch     # for on_batch observers (sigstream.metrics counts its topics)
         m.batches += 1
         detect = self.detector.detect
         now = self.clock()
@@ -373,20 +381,23 @@ class Processor:
                 if alerts:
                     self._emit(alerts)
             except EnvelopeError as e:
-                self._dead_letter(msg, str(e))
+                self._dead_letter(msg, str(e), "invalid_envelope")
             except Exception as e:  # never let one record crash the loop
                 m.errors += 1
                 log.debug("record %s/%s@%s failed", getattr(msg, "topic", "?"),
                           getattr(msg, "partition", "?"), getattr(msg, "offset", "?"), exc_info=True)
-                self._dead_letter(msg, f"processing failed: {type(e).__name__}: {e}")
+                self._dead_letter(msg, f"processing failed: {type(e).__name__}: {e}", "processing_failed")
 
     def _emit(self, alerts: list[dict]) -> None:
         for alert in alerts:
             self.alert_sink.add(alert)
         self.metrics.alerts += len(alerts)
 
-    def _dead_letter(self, msg: Any, reason: str) -> None:
+    def _dead_letter(self, msg: Any, reason: str, kind: str = "other") -> None:
+        """`reason` goes with the record; `kind` (few values) counts it in the metrics."""
         self.metrics.dead_letters += 1
+        kinds = self.metrics.dead_letter_reasons
+        kinds[kind] = kinds.get(kind, 0) + 1
         value = getattr(msg, "value", None)
         if value is not None and len(value) > self.dead_letter_max_value:
             reason = f"{reason} [value truncated to {self.dead_letter_max_value} of {len(value)} bytes]"

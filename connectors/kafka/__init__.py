@@ -1,4 +1,5 @@
-"""Kafka connectors: the only package of sigstream that imports kafka-python.
+"""Kafka connectors: the only package of sigstream that imports a Kafka client library
+(kafka-python; confluent-kafka when chosen).
 
 This module only re-exports the package's public names, so that
 ``from sigstream.connectors.kafka import X`` works whatever module of the package owns X:
@@ -14,7 +15,9 @@ This module only re-exports the package's public names, so that
 * :mod:`.producer` -- :class:`KafkaRecordProducer`, :class:`KafkaAlertSink`,
   :class:`KafkaDeadLetterSink` (acknowledged writes);
 * :mod:`.publisher` -- :class:`KafkaEventPublisher` (collector side, disk spool, never loses
-  events).
+  events);
+* :mod:`.clients` -- :func:`client_kit`: the processor's source and sinks from kafka-python
+  or, optionally, confluent-kafka (:mod:`.confluent`, imported only when chosen).
 
 Each module's docstring states its delivery guarantees. Topic names live in
 :mod:`sigstream.stream.topics`; they are re-exported here for existing callers.
@@ -22,6 +25,7 @@ Each module's docstring states its delivery guarantees. Topic names live in
 from __future__ import annotations
 
 from sigstream.connectors.kafka.admin import create_topics, read_changelog
+from sigstream.connectors.kafka.clients import KAFKA_CLIENTS, ClientKit, client_available, client_kit
 from sigstream.connectors.kafka.connection import CONNECT_TIMEOUT_S, check_connection
 from sigstream.connectors.kafka.errors import DeliveryError, KafkaConnectError, KafkaError
 from sigstream.connectors.kafka.producer import (PENDING_SWEEP, KafkaAlertSink, KafkaDeadLetterSink,
@@ -49,4 +53,6 @@ __all__ = [
     "Message", "KafkaSource",
     "PENDING_SWEEP", "best_compression", "KafkaRecordProducer", "KafkaAlertSink", "KafkaDeadLetterSink",
     "KafkaEventPublisher",
+    # client library choice
+    "KAFKA_CLIENTS", "ClientKit", "client_available", "client_kit",
 ]

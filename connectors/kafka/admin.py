@@ -10,7 +10,7 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka import errors as kerrors
 
-from sigstream.connectors.kafka.connection import CONNECT_TIMEOUT_S, _client
+from sigstream.connectors.kafka.connection import _client
 from sigstream.connectors.kafka.errors import KafkaError, _describe
 from sigstream.connectors.kafka.settings import KafkaSettings
 
@@ -25,7 +25,7 @@ def create_topics(settings: KafkaSettings, names: list[str], partitions: int = 3
     an existing topic keeps its own.
     """
     try:
-        admin = _client(KafkaAdminClient, settings, min(timeout_s, CONNECT_TIMEOUT_S),
+        admin = _client(KafkaAdminClient, settings, min(timeout_s, settings.connect_timeout_s),
                         request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
     except KafkaError:
         raise

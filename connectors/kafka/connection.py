@@ -19,11 +19,11 @@ from typing import Any
 from kafka import errors as kerrors
 
 from sigstream.connectors.kafka.errors import KafkaConnectError, _describe
-from sigstream.connectors.kafka.settings import KafkaSettings
+from sigstream.connectors.kafka.settings import DEFAULT_CONNECT_TIMEOUT_S, KafkaSettings
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 10.0      # bound of the check before each client is made
+CONNECT_TIMEOUT_S = DEFAULT_CONNECT_TIMEOUT_S   # default bound of the check (settings.connect_timeout_s)
 _CHECK_OK_TTL_S = 60.0        # a passed check is not repeated for this long (same settings)
 _CHECK_FAILED_TTL_S = 5.0     # nor a failed one (a command making several clients fails once)
 _check_cache: dict[tuple, tuple[float, "KafkaConnectError | None"]] = {}
@@ -210,7 +210,15 @@ def _probe_server(settings: KafkaSettings, kw: dict[str, Any], server: str, dead
             pass
 
 
-def check_connection(settings: KafkaSettings, timeout_s: float = CONNECT_TIMEOUT_S, *,
+def _unreachable_message(servers: list[str], errors: list[KafkaConnectError], timeout_s: float) -> str:
+    """One line for "nothing listens there": the address, why, for how long, what to check."""
+    why = "; ".join(dict.fromkeys(e.message.split(": ", 1)[-1] for e in errors))
+    return (f"cannot reach Kafka at {','.join(servers)} ({why}; tried for {timeout_s:g}s): is the "
+            "broker running and listening on that address? Check --bootstrap / $SIGSTREAM_BOOTSTRAP "
+            "and the network, or wait longer with --connect-timeout SECONDS")
+
+
+def check_connection(settings: KafkaSettings, timeout_s: float | None = None, *,
                      use_cache: bool = True) -> None:
     """A bounded bootstrap check with ``settings``; raises :class:`KafkaConnectError` with
     one message saying what is wrong and the likely fix (authentication failed, certificate
@@ -219,8 +227,10 @@ def check_connection(settings: KafkaSettings, timeout_s: float = CONNECT_TIMEOUT
     Every client of this package is made after it (:func:`_client`). kafka-python itself
     would retry such failures until its timeouts, logging every attempt. A result is
     remembered for a short while per settings, so a command making several clients checks
-    (or fails) once.
+    (or fails) once. ``timeout_s``: default ``settings.connect_timeout_s``.
     """
+    if timeout_s is None:
+        timeout_s = settings.connect_timeout_s
     kw = settings.client_kwargs()
     key = settings._cache_key()
     now = time.monotonic()
@@ -266,17 +276,20 @@ def check_connection(settings: KafkaSettings, timeout_s: float = CONNECT_TIMEOUT
             time.sleep(0.5)
         if not errors:
             err = None
+        elif all(isinstance(e, _Unreachable) for e in errors):
+            err = _Unreachable(_unreachable_message(kw["bootstrap_servers"], errors, timeout_s))
     with _check_lock:
         _check_cache[key] = (time.monotonic(), err)
     if err is not None:
         raise KafkaConnectError(err.message, config=err.config)
 
 
-def _client(factory: Any, settings: KafkaSettings, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+def _client(factory: Any, settings: KafkaSettings, connect_timeout_s: float | None = None,
             **extra: Any) -> Any:
     """THE place where this package makes kafka-python clients (KafkaAdminClient,
-    KafkaConsumer, KafkaProducer): the connection check first, then the client; its own
-    bootstrap failures become KafkaConnectError too."""
+    KafkaConsumer, KafkaProducer): the connection check first (bounded by
+    ``connect_timeout_s``, default ``settings.connect_timeout_s``), then the client; its
+    own bootstrap failures become KafkaConnectError too."""
     check_connection(settings, connect_timeout_s)
     try:
         with _kafka_logs_silenced():

@@ -227,8 +227,10 @@ class KafkaRecordProducer:
 class _ProducerSink:
     """A sink over one KafkaRecordProducer: flush() waits for acks, close() flushes first."""
 
+    producer_class: Any = KafkaRecordProducer   # the confluent sinks (.confluent) swap it
+
     def __init__(self, settings: KafkaSettings, topic: str, **producer_kw: Any):
-        self.producer = KafkaRecordProducer(settings, topic, **producer_kw)
+        self.producer = self.producer_class(settings, topic, **producer_kw)
 
     def flush(self) -> None:
         self.producer.flush()

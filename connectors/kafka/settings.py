@@ -14,6 +14,22 @@ from typing import Any
 from sigstream.connectors.kafka.errors import KafkaConnectError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_ENV = "SIGSTREAM_CONNECT_TIMEOUT"   # what --connect-timeout sets
+
+
+def _env_seconds(name: str, default: float) -> float:
+    value = (os.environ.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise KafkaConnectError(f"{name} must be a positive number of seconds, got {value!r}",
+                                config=True)
+    return seconds
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -45,6 +61,7 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True           # the broker certificate must name the host we dial
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S   # bound of the connection check
 
     @classmethod
     def from_env(cls, bootstrap: str | None = None, **overrides: Any) -> "KafkaSettings":
@@ -52,7 +69,8 @@ class KafkaSettings:
 
         SIGSTREAM_BOOTSTRAP, SIGSTREAM_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT,
         SASL_SSL), SIGSTREAM_SASL_MECHANISM / _USERNAME / _PASSWORD,
-        SIGSTREAM_SSL_CAFILE / _CERTFILE / _KEYFILE, SIGSTREAM_SSL_CHECK_HOSTNAME (true).
+        SIGSTREAM_SSL_CAFILE / _CERTFILE / _KEYFILE, SIGSTREAM_SSL_CHECK_HOSTNAME (true),
+        SIGSTREAM_CONNECT_TIMEOUT (seconds, 10; the commands' --connect-timeout).
         """
         env = os.environ.get
         s = cls(
@@ -65,6 +83,7 @@ class KafkaSettings:
             ssl_certfile=env("SIGSTREAM_SSL_CERTFILE") or None,
             ssl_keyfile=env("SIGSTREAM_SSL_KEYFILE") or None,
             ssl_check_hostname=_env_bool("SIGSTREAM_SSL_CHECK_HOSTNAME", True),
+            connect_timeout_s=_env_seconds(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_S),
         )
         for k, v in overrides.items():
             if v is not None:

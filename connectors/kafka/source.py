@@ -98,6 +98,18 @@ class KafkaSource:
     def assignment(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
+    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        """Records not yet consumed, per assigned partition: the high watermark of the last
+        fetch response minus the position (no request is sent; a partition not fetched yet
+        is left out). For the metrics (sigstream.metrics), from the polling thread."""
+        out = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            pos = self._consumer.position(tp, timeout_ms=0) if high is not None else None
+            if pos is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - pos)
+        return out
+
     def close(self) -> None:
         """Leave the group without committing (commit() first if wanted)."""
         self._consumer.close(autocommit=False)

@@ -334,3 +334,85 @@ def test_actions_section_takes_the_endpoint_hardening_options():
     a = cfg.actions
     assert a.allowed_types == ["kill_process"] and a.approver_keys == "approvers.keys"
     assert (a.max_action_bytes, a.max_lifetime_s, a.future_skew_s, a.allow_hmac) == (4096, 600.0, 30.0, False)
+
+
+# -------------------------------------------------------------- metrics --
+
+def _scrape(port):
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):         # a parse error fails the test
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_agent_metrics_is_prometheus_and_health_stays_json(monkeypatch, tmp_path):
+    etw, evtlog, _ = fakes.install(monkeypatch)
+    etw.RECORDINGS.extend(R.ETW_ALL)
+    for x in R.XML_SYSMON_ALL:
+        evtlog.write(R.SYSMON_CHANNEL, x)
+    sink = ListSink()
+    agent = Agent(base_cfg(tmp_path, filters={"exclude_event_ids": {R.SYSMON_CHANNEL: [21]}}), sink=sink)
+    agent.start()
+    try:
+        assert wait_until(lambda: len(sink.events) >= 9 and agent.health()["filtered"] == 1)
+        m = _scrape(agent.health_port)
+        doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{agent.health_port}/health",
+                                                timeout=5).read())
+    finally:
+        agent.shutdown()
+    sysmon = (("source", f"eventlog:{R.SYSMON_CHANNEL}"),)
+    assert m[("sigstream_agent_published_total", (("source", "etw"),))] == 6
+    assert m[("sigstream_agent_published_total", sysmon)] == 3
+    assert m[("sigstream_agent_filtered_total", sysmon)] == 1
+    assert m[("sigstream_agent_events_total", sysmon)] == doc["sources"][f"eventlog:{R.SYSMON_CHANNEL}"]["received"]
+    assert m[("sigstream_agent_dropped_total", (("source", "etw"),))] == 0
+    assert m[("sigstream_spool_records", ())] == 0 and m[("sigstream_agent_up", ())] == 1
+    assert ("sigstream_agent_queue_events", ()) in m and ("sigstream_spool_bytes", ()) in m
+    assert doc["status"] == "ok" and doc["published"] == 9 and doc["sources"]["etw"]["published"] == 6
+
+
+def test_agent_health_port_in_use_fails_before_any_source_starts(monkeypatch, tmp_path):
+    import socket
+    from sigstream.metrics import MetricsPortError
+    etw, _, _ = fakes.install(monkeypatch)
+    etw.RECORDINGS.append(R.ETW_PS_4104)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        sink = ListSink()
+        agent = Agent(base_cfg(tmp_path, health={"listen": f"127.0.0.1:{port}"}), sink=sink)
+        with pytest.raises(MetricsPortError, match="in use"):
+            agent.start()
+        assert etw.SESSIONS == {} and sink.events == []
+        # the CLI: --metrics-port (as run/collect/respond) replaces health.listen's port
+        cfgfile = tmp_path / "agent.yaml"
+        cfgfile.write_text(yaml.safe_dump({
+            "host_id": "WKS-FIN-042", "state_dir": str(tmp_path / "state"),
+            "sources": {"etw": {"providers": ["powershell"]}},
+            "logging": {"file": str(tmp_path / "agent.log")}}))
+        from sigstream.cli import main
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        try:
+            res = CliRunner().invoke(main, ["agent", "-c", str(cfgfile), "--sink", "stdout",
+                                            "--metrics-port", str(port), "--max-runtime", "5"])
+        finally:
+            for h in root.handlers[:]:
+                if h not in saved[0]:
+                    root.removeHandler(h)
+                    h.close()
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+    finally:
+        busy.close()
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
+    assert res.stdout == "" and etw.SESSIONS == {}

@@ -55,7 +55,7 @@ def test_settings_validation():
 
 # ---------------------------------------------------------------- security ---
 
-SECURITY_VARS = ("SIGSTREAM_BOOTSTRAP", "SIGSTREAM_SECURITY_PROTOCOL", "SIGSTREAM_SASL_MECHANISM",
+SECURITY_VARS = ("SIGSTREAM_BOOTSTRAP", "SIGSTREAM_CONNECT_TIMEOUT", "SIGSTREAM_SECURITY_PROTOCOL", "SIGSTREAM_SASL_MECHANISM",
                  "SIGSTREAM_SASL_USERNAME", "SIGSTREAM_SASL_PASSWORD", "SIGSTREAM_SSL_CAFILE",
                  "SIGSTREAM_SSL_CERTFILE", "SIGSTREAM_SSL_KEYFILE", "SIGSTREAM_SSL_CHECK_HOSTNAME")
 
@@ -138,6 +138,29 @@ def test_check_unreachable_is_bounded_and_not_a_settings_problem(clean_env):
     with pytest.raises(kc.KafkaConnectError):
         kc.check_connection(s, 1.0)
     assert time.monotonic() - t0 < 0.2
+
+
+def test_unreachable_message_says_where_for_how_long_and_what_to_check(clean_env):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    clean_env.setenv("SIGSTREAM_CONNECT_TIMEOUT", "0.7")     # what --connect-timeout sets
+    s = KafkaSettings.from_env(bootstrap=f"127.0.0.1:{port}")
+    assert s.connect_timeout_s == 0.7
+    t0 = time.monotonic()
+    with pytest.raises(kc.KafkaConnectError) as ei:
+        kc.check_connection(s)                                # the settings' bound
+    assert time.monotonic() - t0 < 3
+    msg = str(ei.value)
+    assert f"cannot reach Kafka at 127.0.0.1:{port} (" in msg and "tried for 0.7s" in msg
+    assert "is the broker running" in msg and "--connect-timeout" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_connect_timeout_env_rejects_junk(clean_env, value):
+    clean_env.setenv("SIGSTREAM_CONNECT_TIMEOUT", value)
+    with pytest.raises(KafkaError, match="SIGSTREAM_CONNECT_TIMEOUT must be a positive number"):
+        KafkaSettings.from_env()
 
 
 def test_check_not_kafka_on_plaintext(clean_env):
