@@ -190,7 +190,7 @@ def hunt(paths: tuple[str, ...], fmt: str | None, alert_format: str, output: str
     \b
     Examples:
       sigstream hunt -r sigma_rules/ samples/
-      sigstream hunt -r ../sigma/rules/windows --level high -f jsonl -o hits.jsonl logs/
+      sigstream hunt -r ../sigma/rules/windows --level high -f jsonl -o hits.jsonl <your-evtx-dir>
       zcat day.jsonl.gz | sigstream hunt --from 2026-11-24T08:00 --to 2026-11-24T12:00 -
     Events outside --from/--to are read and counted but not matched; events with no
     readable time are matched (the summary counts them).
@@ -451,5 +451,6 @@ def test_rules(rule_paths: tuple[str, ...], verbose: bool) -> None:
 
 
 # The pipeline commands live in their own modules and attach themselves to `main`.
-for _module in ("sigstream.cmd_collect", "sigstream.cmd_run", "sigstream.cmd_agent", "sigstream.cmd_respond"):
+for _module in ("sigstream.cmd_collect", "sigstream.cmd_run", "sigstream.cmd_alerts", "sigstream.cmd_agent",
+                "sigstream.cmd_respond"):
     importlib.import_module(_module)

@@ -128,7 +128,7 @@ def collect(paths: tuple[str, ...], source_kind: str | None, sink: str, bootstra
       sigstream collect --sink kafka://kafka1:9092 --collector-id dc01 C:/logs/*.evtx
       zcat events.jsonl.gz | sigstream collect --source stdin
       sigstream collect --sink stdout samples/ | head
-      sigstream collect --sink file://envelopes.jsonl logs/
+      sigstream collect --sink file://envelopes.jsonl <your-evtx-dir>
     Exit status: 0 all events delivered (or written); 1 events were dropped (spool full or
     rejected by Kafka); 2 usage error; 3 not everything was acknowledged within
     --flush-timeout: the rest is in the spool and is sent by the next run.

@@ -128,7 +128,7 @@ def detections_table(alerts: list[dict[str, Any]]) -> Table:
     return table
 
 
-def alert_line(a: dict[str, Any]) -> str:
+def alert_line(a: dict[str, Any], local_time: bool = False) -> str:
     """One rich-markup line per alert: time, level (coloured), host, rule, what matched."""
     rule = a.get("rule") or {}
     level = rule.get("level") or "?"
@@ -138,7 +138,7 @@ def alert_line(a: dict[str, Any]) -> str:
     if matched:
         m = matched[0]
         hit = f"{m.get('field')}={str(m.get('value'))[:60]}"
-    t = alert_time_text(a, seconds_only=True)
+    t = alert_time_text(a, seconds_only=True, local=local_time)
     return (f"[dim]{t}[/dim] [{style}]{level:<8}[/] [cyan]{escape(str(a.get('host') or '?'))}[/cyan] "
             f"[bold]{escape(rule.get('title') or '')}[/bold]"
             f"{' [dim](' + escape(hit) + ')[/dim]' if hit else ''}\n         {escape(what_alert(a, 140))}")
@@ -148,8 +148,9 @@ class LiveSink:
     """Prints alerts as they become durable (on flush): rich lines or JSONL; summary on close."""
 
     def __init__(self, fmt: str, console: Console | None = None, summary: bool = True,
-                 dedupe: bool = False):
+                 dedupe: bool = False, local_time: bool = False):
         self.fmt = fmt
+        self.local_time = local_time   # times in this machine's zone instead of UTC
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.summary = summary
         self.dedupe = dedupe
@@ -171,7 +172,7 @@ class LiveSink:
             if self.fmt == "jsonl":
                 sys.stdout.buffer.write(orjson.dumps(a, default=str) + b"\n")
             else:
-                self.console.print(alert_line(a))
+                self.console.print(alert_line(a, self.local_time))
         if self.fmt == "jsonl":
             sys.stdout.buffer.flush()
 

@@ -12,6 +12,7 @@ here, centred on what matched; the JSONL alert keeps them whole.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Iterable
 
 from sigstream.stream.alert_context import process_of
@@ -51,11 +52,15 @@ def alert_time(alert: dict[str, Any]) -> float | None:
     return ts
 
 
-def alert_time_text(alert: dict[str, Any], seconds_only: bool = False) -> str:
-    """ISO 8601 UTC with the date: 2026-11-24T09:11:45.412000Z (or ...T09:11:45Z); "" if unknown."""
+def alert_time_text(alert: dict[str, Any], seconds_only: bool = False, local: bool = False) -> str:
+    """ISO 8601 UTC with the date: 2026-11-24T09:11:45.412000Z (or ...T09:11:45Z); "" if unknown.
+    `local`: this machine's time zone with its offset, 2026-11-24T10:11:45+01:00."""
     ts = alert_time(alert)
     if ts is None:
         return ""
+    if local:
+        when = datetime.fromtimestamp(ts).astimezone()
+        return when.isoformat(timespec="seconds" if seconds_only else "microseconds")
     text = iso_utc(ts)
     return text[:19] + "Z" if seconds_only else text
 

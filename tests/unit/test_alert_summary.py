@@ -120,6 +120,19 @@ def test_time_text_has_the_date_and_falls_back_to_detected_at():
     assert alert_time_text(alert) == "2026-11-24T09:12:00.000000Z"
 
 
+def test_local_time_text_carries_the_zone_offset(monkeypatch):
+    """alerts tail --local-time: the same instant in this machine's zone, with its offset."""
+    import time
+    monkeypatch.setenv("TZ", "Asia/Kolkata")   # +05:30, no daylight saving
+    time.tzset()
+    try:
+        alert = _script_alert("Invoke-Mimikatz")
+        assert alert_time_text(alert, seconds_only=True, local=True) == "2026-11-24T14:41:45+05:30"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_every_sample_alert_has_a_full_row():
     loaded = load_rules([str(ROOT / "sigma_rules")])
     engine = Engine(loaded.rules)

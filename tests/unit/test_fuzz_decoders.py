@@ -117,9 +117,9 @@ def test_fuzz(fn, allowed, value):
 @FUZZ
 @given(value=inputs)
 def test_fuzz_alerts_tail_action_result_printer(value):
-    """`alerts tail --with-actions` prints results for alerts it showed (sigstream/cmd_run.py):
+    """`alerts tail --with-actions` prints results for alerts it showed (sigstream/cmd_alerts.py):
     whatever is on the action-results topic, it must not raise."""
-    from sigstream.cmd_run import _show_action_result
+    from sigstream.cmd_alerts import _show_action_result
     try:
         doc = orjson.loads(value)
         ids = {str(doc.get("alert_id"))} if isinstance(doc, dict) else set()

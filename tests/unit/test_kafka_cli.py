@@ -149,7 +149,7 @@ def ids(msgs: list) -> list[str]:
 
 
 def test_last_alerts_are_the_newest_by_time_across_partitions():
-    from sigstream.cmd_run import _last_alerts, alert_filter
+    from sigstream.cmd_alerts import _last_alerts, alert_filter
     hist = [msg("A", 0, 0, 100, "a1"), msg("A", 0, 1, 400, "a4"), msg("A", 1, 0, 200, "a2"),
             msg("A", 1, 1, 500, "a5", level="low"), msg("A", 2, 0, 300, "a3"),
             msg("A", 2, 1, 350, "junk", value=b"not json"), msg("R", 0, 0, 450, "result")]

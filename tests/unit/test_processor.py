@@ -437,7 +437,7 @@ def test_cli_alerts_tail_needs_a_broker():
 
 
 def test_alert_filter():
-    from sigstream.cmd_run import alert_filter
+    from sigstream.cmd_alerts import alert_filter
     a = {"host": "WKS-FIN-042.corp", "rule": {"id": "abc-1", "title": "AMSI Bypass Attempt", "level": "high",
                                                "tags": ["attack.t1562.001"]}}
     assert alert_filter("medium", "wks-fin", "amsi", "attack.t1562.001")(a)
