@@ -8,6 +8,7 @@ on kafka-python.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ from sigstream.connectors.kafka.errors import KafkaConnectError
 from sigstream.connectors.kafka.settings import KafkaSettings
 
 KAFKA_CLIENTS = ("kafka-python", "confluent")
+# under "kafka": quiet_kafka_client's level and filter apply to librdkafka's lines too
+LIBRDKAFKA_LOGGER = logging.getLogger("kafka.librdkafka")
 CONFLUENT_MISSING = ("--kafka-client confluent needs the confluent-kafka package: "
                      "pip install sigstream[confluent]")
 
@@ -55,7 +58,10 @@ def librdkafka_config(settings: KafkaSettings) -> dict[str, Any]:
     """KafkaSettings (SIGSTREAM_* variables) as librdkafka properties."""
     kw = settings.client_kwargs()   # validates the protocol and SASL settings once, for both clients
     conf: dict[str, Any] = {"bootstrap.servers": ",".join(kw["bootstrap_servers"]),
-                            "client.id": kw["client_id"], "security.protocol": kw["security_protocol"]}
+                            "client.id": kw["client_id"], "security.protocol": kw["security_protocol"],
+                            # librdkafka writes its log to stderr by itself; through this logger
+                            # it is filtered like kafka-python's (sigstream.kafka_cli) instead
+                            "logger": LIBRDKAFKA_LOGGER}
     if "sasl_mechanism" in kw:
         conf["sasl.mechanism"] = kw["sasl_mechanism"]
         if "sasl_plain_username" in kw:

@@ -12,8 +12,37 @@ from sigstream.connectors.kafka.clients import CONFLUENT_MISSING, client_availab
 
 def test_plaintext_settings_map_to_librdkafka():
     conf = librdkafka_config(KafkaSettings(bootstrap="k1:9092, k2:9093"))
+    logger = conf.pop("logger")
     assert conf == {"bootstrap.servers": "k1:9092,k2:9093", "client.id": "sigstream",
                     "security.protocol": "PLAINTEXT"}
+    assert logger.name.startswith("kafka.")   # filtered like kafka-python's loggers
+
+
+def test_librdkafka_log_goes_through_python_logging_not_stderr(tmp_path):
+    """Regression: librdkafka printed '%3|...|FAIL|...' lines to stderr for every reconnect."""
+    pytest.importorskip("confluent_kafka")
+    import subprocess
+    import sys
+    script = tmp_path / "p.py"
+    script.write_text(
+        "import logging, time\n"
+        "from confluent_kafka import Producer\n"
+        "from sigstream.connectors.kafka.clients import librdkafka_config\n"
+        "from sigstream.connectors.kafka.settings import KafkaSettings\n"
+        "seen = []\n"
+        "class H(logging.Handler):\n"
+        "    def emit(self, r): seen.append(r.name)\n"
+        "logging.getLogger('kafka').addHandler(H()); logging.getLogger('kafka').propagate = False\n"
+        "p = Producer(librdkafka_config(KafkaSettings(bootstrap='127.0.0.1:9')))\n"
+        "p.produce('t', b'x')\n"
+        "end = time.time() + 3\n"
+        "while time.time() < end: p.poll(0.2)\n"
+        "print(len(seen), sorted(set(seen)))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "FAIL" not in out.stderr and "%3|" not in out.stderr, out.stderr
+    n, names = out.stdout.split(" ", 1)
+    assert int(n) > 0 and "kafka.librdkafka" in names
 
 
 def test_sasl_ssl_settings_map_to_librdkafka():
