@@ -21,14 +21,18 @@ Split of the work (why the output is the sequential one, byte for byte):
   needs stages that ignore events without alerts (`CorrelationStage`); with any other
   stage the hunt runs in one process.
 
-Workers are started with `forkserver` (else `spawn`), never a plain fork (see
-`start_method`), and rebuild the engine from the parent's compiled rules (their IR; the
-needle databases come from the compile cache). EVTX files are one task each
-(the evtx parser has no cheap entry at a chunk: record positions count from the file start).
+Workers are forked while the parent has no other thread (they inherit the compiled engine:
+nothing to pickle or rebuild), else started by `forkserver` (else `spawn`) and rebuilt from
+the parent's compiled rules (their IR; the needle databases come from the compile cache);
+see `start_method`. A worker that dies (killed, out of memory) fails the hunt with the task
+it held (file and line or byte range): never a hang, never a silently partial output.
+EVTX files are one task each (the evtx parser has no cheap entry at a chunk: record
+positions count from the file start).
 """
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import gc
 import io
 import logging
@@ -36,6 +40,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -46,6 +52,7 @@ from sigstream.connectors.readers import ReadError, _iter_jsonl, _normalised, re
 from sigstream.stream.correlation_stage import CorrelationStage
 from sigstream.stream.detector import Detector
 from sigstream.stream.engine import Engine, EngineError
+from sigstream.stream.errors import SigstreamError
 from sigstream.stream.reassembly import _int
 from sigstream.time_window import OUTSIDE, UNTIMED, TimeWindow
 
@@ -242,14 +249,22 @@ def _engine_from_spec(spec: dict[str, Any]) -> Engine:
 
 # ------------------------------------------------------------------- parent ---
 
+class HuntWorkerDied(SigstreamError):
+    """A worker process ended without finishing its task: the hunt's output is incomplete."""
+
+
 def start_method(preferred: str | None = None) -> str:
-    """forkserver where there is one, else spawn; never plain fork. A fork copies the locks
-    other threads hold at that moment (a progress bar's refresh thread, a Kafka client's
-    I/O thread, the pool's own handler threads when it replaces a worker), and the child
-    can wait on one forever. Workers rebuild the engine from the compile cache instead."""
+    """fork while this process has no other thread, else forkserver where there is one, else
+    spawn. A fork copies the locks other threads hold at that moment (a progress bar's
+    refresh thread, a Kafka client's I/O thread), and the child can wait on one forever;
+    with the main thread alone there is none (the executor forks every worker before its
+    own threads start, and never replaces one). A forked worker inherits the engine; the
+    others rebuild it from the compile cache (about a second each)."""
     methods = multiprocessing.get_all_start_methods()
     if preferred:
         return preferred
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
@@ -306,18 +321,29 @@ def _pool_hunt(ctx: Any, first: Any, files: Sequence[Path], detector: Detector, 
                clock: Callable[[], float], chunk_bytes: int, window: TimeWindow | None) -> None:
     tasks = plan(files, chunk_bytes)
     pending: collections.deque = collections.deque()
-    with ctx.Pool(jobs, initializer=_init_worker,
-                  initargs=(first, detector.assembler is not None, clock, window)) as pool:
+    # An executor, not multiprocessing.Pool: a Pool replaces a dead worker and waits forever
+    # for the task it held; the executor marks itself broken and fails every pending task.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_init_worker,
+        initargs=(first, detector.assembler is not None, clock, window))
+    done = False
+    try:
         def submit() -> None:
             task = next(tasks, None)
             if task is not None:
-                pending.append((task, pool.apply_async(_run_task, (task,))))
+                pending.append((task, pool.submit(_run_task, task)))
 
         for _ in range(jobs * IN_FLIGHT_PER_JOB):
             submit()
         while pending:
             task, result = pending.popleft()
-            items, n, matched, outside, untimed = result.get()
+            try:
+                items, n, matched, outside, untimed = result.result()
+            except BrokenProcessPool as e:
+                # results merge in task order: everything before this task is out, nothing after
+                raise HuntWorkerDied(f"a hunt worker process died ({e}): the output is complete up "
+                                     f"to {_where(task)} and misses everything from there on; "
+                                     "re-run (--jobs 1 shows the record a crash is at)") from None
             submit()
             stats.events += n
             stats.outside += outside
@@ -328,6 +354,19 @@ def _pool_hunt(ctx: Any, first: Any, files: Sequence[Path], detector: Detector, 
                 on_progress(Path(task.path), task.part)
             if task.last:
                 on_file_done(Path(task.path))
+        done = True
+    finally:
+        if not done:   # ^C, a failed or dead worker: stop the others now, not after their tasks
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _where(task: Task) -> str:
+    """A task's place in its file, for messages."""
+    if not task.line:
+        return task.path
+    return f"{task.path} from line {task.line:,} (bytes {task.start:,}-{task.end:,})"
 
 
 def _merge(items: list[tuple], detector: Detector, engine: Engine, add: Callable,

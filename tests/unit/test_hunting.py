@@ -176,6 +176,39 @@ def test_spawn_start_method_gives_the_same_bytes(tmp_path, rules):
     assert spawned == one
 
 
+def _die_on_a_later_task(self, task):
+    """A worker's task runner that dies (as on SIGKILL or the OOM killer) on a later range."""
+    import os
+    if task.line > 1:
+        os._exit(9)
+    return _real_run(self, task)
+
+
+_real_run = hunt_jobs._Worker.run
+
+
+def test_a_worker_that_dies_fails_the_hunt_naming_the_file_and_line(tmp_path, rules, monkeypatch):
+    """Regression: multiprocessing.Pool replaced a dead worker and waited forever for its task
+    (the hunt hung with a partial output). Forked workers, so the patched runner reaches them."""
+    monkeypatch.setattr(hunt_jobs._Worker, "run", _die_on_a_later_task)
+    events = generated_events(tmp_path)
+    with pytest.raises(hunt_jobs.HuntWorkerDied, match=r"died .*complete up to \S*generated\.jsonl from line [\d,]+ "):
+        hunt([events], rules, 2, chunk_bytes=16384, start_method="fork")
+
+
+def test_fork_is_chosen_only_while_the_process_has_one_thread():
+    import threading
+    assert hunt_jobs.start_method() == "fork"
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert hunt_jobs.start_method() in ("forkserver", "spawn")
+    finally:
+        stop.set()
+        t.join()
+
+
 def test_small_input_runs_in_one_process(tmp_path, rules, monkeypatch):
     monkeypatch.setattr(hunt_jobs, "hunt_parallel", lambda *a, **k: pytest.fail("went parallel"))
     events = generated_events(tmp_path)
