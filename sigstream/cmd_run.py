@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from sigstream.resources import bundled_rules, sample_files, samples_dir
-from sigstream.cli import EXIT_USAGE, _load, err_console, main, rule_options
+from sigstream.cli import (_load, err_console, exit_no_rules, main, no_rules_message,
+                           rule_options)
 from sigstream.kafka_cli import (hidden_alias, kafka_options, open_metrics, quiet_kafka_client,
                                  resolve_bootstrap)
 from sigstream.processing import (DEFAULT_GROUP, RuleWatcher, TeeSink,
@@ -119,9 +120,8 @@ def _detector(opts: dict[str, Any], lateness_s: float = DEFAULT_LATENESS_S) -> A
     from sigstream.stream.detector import Detector
     loaded = _load(opts)
     rules = _with_iocs(list(loaded.rules), opts)
-    if not rules:
-        err_console.print("[red]no usable rules[/red] (check the paths and the selection options)")
-        sys.exit(EXIT_USAGE)
+    if not rules:   # as hunt: the folder named, exit 2
+        exit_no_rules(no_rules_message(loaded, opts.get("rule_paths") or ()))
     return Detector(_engine_factory(opts)(rules),
                     stages=correlation_stages(loaded.correlations, loaded.suppressed,
                                               lateness_s=lateness_s))

@@ -65,3 +65,11 @@ def test_webhook_receives_every_alert(tmp_path):
     finally:
         server.shutdown()
     assert sorted(a["alert_id"] for a in received) == sorted(a["alert_id"] for a in alerts)
+
+
+def test_run_without_any_rule_names_the_folder_and_exits_2(tmp_path):
+    """As hunt: an empty rule folder is a usage error naming it (it said 'no usable rules')."""
+    result = CliRunner().invoke(main, ["run", "-r", str(tmp_path), "--input",
+                                       str(ROOT / "samples" / "fileless-intrusion.jsonl")])
+    assert result.exit_code == 2
+    assert f"no Sigma rule found in {tmp_path}" in result.output
