@@ -64,7 +64,7 @@ from sigma.types import (
 
 from sigstream.stream.errors import RuleProblem
 
-IR_VERSION = 10  # bump when the IR shape or its semantics change (invalidates caches)
+IR_VERSION = 11  # bump when the IR shape or its semantics change (invalidates caches)
 
 Placeholders = dict[str, list[str]]
 
@@ -84,14 +84,18 @@ class IRError(RuleProblem):
     """A rule construct that sigstream cannot evaluate (the reason is user-facing)."""
 
 
-def condition_to_ir(tree: Any, placeholders: Placeholders | None = None) -> tuple:
-    """Translate a parsed (post-pipeline) pySigma condition tree into IR."""
-    return _Translator(placeholders or {}).node(tree)
+def condition_to_ir(tree: Any, placeholders: Placeholders | None = None,
+                    detections: Any = None) -> tuple:
+    """Translate a parsed (post-pipeline) pySigma condition tree into IR. `detections` (the
+    rule's SigmaDetections) names each field's modifiers in explanations where the tree lost
+    the link to its detection item."""
+    return _Translator(placeholders or {}, detections).node(tree)
 
 
 class _Translator:
-    def __init__(self, placeholders: Placeholders):
+    def __init__(self, placeholders: Placeholders, detections: Any = None):
         self.placeholders = placeholders
+        self.detections = detections
 
     def node(self, n: Any) -> tuple:
         if isinstance(n, ConditionAND):
@@ -101,10 +105,10 @@ class _Translator:
         if isinstance(n, ConditionNOT):
             return ("not", self.node(n.args[0]))
         if isinstance(n, ConditionFieldEqualsValueExpression):
-            origin = _origin(n, n.field)
+            origin = _origin(n, n.field, self.detections)
             return self.values(n.value, lambda spec, shown: ("field", n.field, spec, origin + (shown,)))
         if isinstance(n, ConditionValueExpression):
-            origin = _origin(n, None)
+            origin = _origin(n, None, self.detections)
             return self.values(n.value,
                                lambda spec, shown: ("kw", keyword_spec(spec), origin + (shown,)))
         if n is None:  # an empty detection
@@ -281,7 +285,27 @@ def _flatten(op: str, children: list[tuple]) -> tuple:
     return (op, tuple(flat))
 
 
-def _origin(expr: Any, field: str | None) -> tuple[str, str]:
+def _item_in(detections: Any, name: str, field: str | None, value: Any) -> Any:
+    """The detection item of selection `name` with this field (the one holding `value` when
+    several items share the field, as `Image|endswith` and `Image|contains` may)."""
+    detection = (getattr(detections, "detections", None) or {}).get(name)
+    found = []
+    stack = [detection] if detection is not None else []
+    while stack:
+        d = stack.pop()
+        for sub in getattr(d, "detection_items", ()):
+            if isinstance(sub, SigmaDetectionItem):
+                if sub.field == field:
+                    found.append(sub)
+            elif isinstance(sub, SigmaDetection):
+                stack.append(sub)
+    if len(found) > 1:
+        holding = [d for d in found if any(v == value for v in d.value)]
+        found = holding or found
+    return found[0] if found else None
+
+
+def _origin(expr: Any, field: str | None, detections: Any = None) -> tuple[str, str]:
     """(selection name, 'Field|modifiers') for explanations."""
     item, node = None, expr.parent
     while node is not None and not isinstance(node, ConditionIdentifier):
@@ -292,6 +316,10 @@ def _origin(expr: Any, field: str | None) -> tuple[str, str]:
             item = next((d for d in node.detection_items
                          if isinstance(d, SigmaDetectionItem) and d.field == field), None)
         node = getattr(node, "parent", None)
+    if item is None and node is not None and detections is not None:
+        # several items in one selection: pySigma puts their expressions under an AND whose
+        # parent is the identifier, so the item (and its modifiers) is found by name here
+        item = _item_in(detections, node.identifier, field, getattr(expr, "value", None))
     label = field or "keywords"
     if item is not None and item.modifiers:
         mods = [reverse_modifier_mapping.get(m.__name__, m.__name__) for m in item.modifiers]

@@ -457,7 +457,7 @@ class _FileCompiler:
                 item = flt.apply_on_rule(item)
             self.pipeline.apply(item)
             trees = [c.parse() for c in item.detection.parsed_condition]
-            irs = [condition_to_ir(t, self.placeholders) for t in trees]
+            irs = [condition_to_ir(t, self.placeholders, item.detection) for t in trees]
         except Exception as e:  # IRError, pySigma's own errors (SigmaError and others)
             errs.add(rid, title, *_problem(e), doc=index)
             return

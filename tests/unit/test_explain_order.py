@@ -38,9 +38,7 @@ def test_process_creation_rule_lists_its_selection_first_and_event_id_last():
     # pipeline adds EventID=1 / Channel for the process_creation category on top
     got = _matched({"selection": {"EventID": 1, "CommandLine|contains": "whoami"},
                     "condition": "selection"}, PROC)
-    # (the label loses "|contains" in a selection of several items: stream.ir._origin, pySigma
-    # re-parents the items to their AND; the value shows the pattern)
-    assert got[0]["selection"] == "selection" and got[0]["field"].startswith("CommandLine")
+    assert got[0]["selection"] == "selection" and got[0]["field"] == "CommandLine|contains"
     assert got[0]["value"] == "*whoami*" and got[0]["event_value"] == "cmd /c whoami /all"
     assert [e["field"].split("|")[0] for e in got] == ["CommandLine", "EventID"]
     assert not any(e["field"] == "Channel" or e["selection"] == "logsource" for e in got)
@@ -75,3 +73,16 @@ def test_bundled_wmi_binding_rule_leads_with_the_consumer():
                 assert matched[0]["field"].startswith("Consumer") and matched[-1]["field"] == "EventID"
                 seen += 1
     assert seen == 1
+
+
+def test_modifiers_are_named_in_a_selection_of_several_items():
+    """Regression: pySigma puts a multi-item selection's expressions under an AND, and the
+    label lost its modifiers ('Image' for 'Image|endswith')."""
+    got = _matched({"sel": {"Image|endswith": ["\\cmd.exe", "\\pwsh.exe"],
+                            "CommandLine|contains|all": ["whoami", "/all"],
+                            "CommandLine|startswith": "cmd"},
+                    "condition": "sel"}, PROC)
+    labels = {(e["field"], e["value"]) for e in got}
+    assert ("Image|endswith", "*\\cmd.exe") in labels
+    assert ("CommandLine|contains|all", "*whoami*") in labels
+    assert ("CommandLine|startswith", "cmd*") in labels
