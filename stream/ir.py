@@ -300,9 +300,21 @@ def _item_in(detections: Any, name: str, field: str | None, value: Any) -> Any:
             elif isinstance(sub, SigmaDetection):
                 stack.append(sub)
     if len(found) > 1:
-        holding = [d for d in found if any(v == value for v in d.value)]
+        holding = [d for d in found if any(_same_value(v, value) for v in d.value)]
         found = holding or found
     return found[0] if found else None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    # SigmaString's == raises on other value types (numbers, regular expressions, ...)
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - a pySigma value type without a usable ==
+        return False
 
 
 def _origin(expr: Any, field: str | None, detections: Any = None) -> tuple[str, str]:

@@ -86,3 +86,12 @@ def test_modifiers_are_named_in_a_selection_of_several_items():
     assert ("Image|endswith", "*\\cmd.exe") in labels
     assert ("CommandLine|contains|all", "*whoami*") in labels
     assert ("CommandLine|startswith", "cmd*") in labels
+
+
+def test_a_field_with_items_of_several_value_types_in_one_selection():
+    """Regression: finding the item compared a SigmaString with a number and raised
+    (SigmaHQ rules failed to load)."""
+    got = _matched({"sel": {"CommandLine|contains": "whoami", "ProcessId": 4242,
+                            "Image|endswith": "\\cmd.exe", "Image|re": "(?i)cmd"},
+                    "condition": "sel"}, {**PROC, "ProcessId": 4242})
+    assert {e["field"] for e in got} >= {"CommandLine|contains", "Image|endswith", "Image|re"}
