@@ -341,12 +341,18 @@ class _progress:
         if not self.enabled:
             return lambda f, share=1.0: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        # No auto-refresh: its thread would make `hunt --jobs` start workers by forkserver
+        # instead of fork (sigstream.hunt_jobs.start_method); the bar is redrawn on each step.
         self.bar = Progress(TextColumn("[bold]hunting"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), TextColumn("{task.description}"),
-                            console=err_console, transient=True)
+                            console=err_console, transient=True, auto_refresh=False)
         self.bar.start()
         task = self.bar.add_task("", total=self.total)
-        return lambda f, share=1.0: self.bar.update(task, advance=share, description=Path(f).name[:40])
+
+        def advance(f: Path, share: float = 1.0) -> None:
+            self.bar.update(task, advance=share, description=Path(f).name[:40])
+            self.bar.refresh()
+        return advance
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:

@@ -267,3 +267,21 @@ def test_stdin_among_files_runs_in_one_process(tmp_path, rules, monkeypatch):
     from_file, _, _ = hunt([events, SAMPLES / "benign-baseline.jsonl"], rules, 1)
     assert from_stdin.replace(b'"path":"<stdin>"', b'"path":"%s"' % str(events).encode()) == from_file
     assert stats.events > 900
+
+
+def test_the_hunt_progress_bar_starts_no_thread(monkeypatch):
+    """A refresh thread would make `hunt --jobs` start its workers by forkserver (rebuilding
+    the engine, ~2.5 s) instead of fork: the bar is redrawn on each step instead."""
+    import threading
+    from rich.console import Console
+
+    import sigstream.cli as cli
+    monkeypatch.setattr(cli, "err_console", Console(file=io.StringIO(), force_terminal=True))
+    before = threading.active_count()
+    bar = cli._progress(True, 2)
+    advance = bar.__enter__()
+    try:
+        advance(Path("a.evtx"))
+        assert threading.active_count() == before
+    finally:
+        bar.__exit__(None, None, None)
