@@ -144,6 +144,19 @@ class ConfluentSource:
     def assignment(self) -> set[tuple[str, int]]:
         return set(_pairs(self._consumer.assignment()))
 
+    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        """Records not yet consumed, per assigned partition (as KafkaSource's): the high
+        watermark librdkafka cached from its last fetch minus the position; no request is
+        sent, and a partition without both (not fetched yet) is left out."""
+        out = {}
+        for tp in self._consumer.position(self._consumer.assignment()):
+            if tp.offset < 0:
+                continue
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
+
     def close(self) -> None:
         """Leave the group without committing (auto commit is off)."""
         self._consumer.close()
