@@ -34,8 +34,6 @@ from sigstream.stream.correlation_stage import DEFAULT_LATENESS_S
 log = logging.getLogger("sigstream.run")
 
 EXIT_FAILURE = 1
-_bootstrap = resolve_bootstrap
-_quiet_kafka_client = quiet_kafka_client
 bootstrap_option = kafka_options("the embedded mode (no Kafka).")
 
 
@@ -224,7 +222,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
     Signals: SIGTERM/SIGINT finish the batch, commit and exit 0; SIGHUP reloads
     the rules (a reload that yields no valid rule keeps the current set).
     """
-    bootstrap = _bootstrap(bootstrap)
+    bootstrap = resolve_bootstrap(bootstrap)
     kafka_client, workers = opts.pop("kafka_client"), opts.pop("workers")
     _check_kafka_client(kafka_client, bootstrap)
     if workers > 1:
@@ -267,7 +265,7 @@ def run(bootstrap: str | None, inputs: tuple[str, ...], group: str, from_beginni
             if inputs:
                 raise click.UsageError("--input is for the embedded mode; with a broker use "
                                        "`sigstream collect` to publish events")
-            _quiet_kafka_client(bootstrap)
+            quiet_kafka_client(bootstrap)
             metrics = run_kafka(detector, bootstrap, group=group, topics=topics,
                                 from_beginning=from_beginning, alerts_topic=alerts_topic,
                                 dlq_topic=dlq_topic, batch_size=batch_size, until_idle=until_idle,
@@ -341,8 +339,8 @@ def demo(bootstrap: str | None, inputs: tuple[str, ...], rule_paths: tuple[str, 
     Through a real broker (collect -> topics -> processor -> sigstream.alerts):
       sigstream demo --bootstrap 127.0.0.1:9092
     """
-    bootstrap = _bootstrap(bootstrap)
-    _quiet_kafka_client(bootstrap)
+    bootstrap = resolve_bootstrap(bootstrap)
+    quiet_kafka_client(bootstrap)
     opts = {"rule_paths": rule_paths or (str(bundled_rules()),)}
     files = list(inputs) or [str(p) for p in sample_files()]
     console = Console(highlight=False, soft_wrap=True)
