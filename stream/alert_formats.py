@@ -24,9 +24,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sigstream.stream.alert_context import basename, process_of, registry_of, severity
-from sigstream.stream.alert_summary import alert_time
+from sigstream.stream.alert_summary import alert_event_time, alert_time
 from sigstream.stream.attack_names import tactic_name, tactic_url, technique_name, technique_url
-from sigstream.stream.event_time import event_time, iso_utc, parse_time
+from sigstream.stream.event_time import iso_utc
 
 FORMATS = ("native", "ecs", "ocsf")
 ECS_VERSION = "8.11.0"
@@ -64,9 +64,7 @@ def _time(alert: dict) -> float:
 
 def _event_ms(alert: dict) -> int | None:
     """The event's time (own fields, then event_time), without falling back to detected_at."""
-    ts = event_time(alert.get("event") or {})
-    if ts is None:
-        ts = parse_time(alert.get("event_time"))
+    ts = alert_event_time(alert)
     return None if ts is None else int(ts * 1000)
 
 

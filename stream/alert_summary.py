@@ -41,15 +41,17 @@ EVIDENCE_FIELDS = tuple(f for f, _, _ in EVIDENCE)
 _WILDCARDS = re.compile(r"(?<!\\)[*?]")
 
 
-def alert_time(alert: dict[str, Any]) -> float | None:
-    """When it happened: the event's time (TimeCreated, UtcTime, @timestamp), else the
-    alert's `event_time` (a correlation alert has no event), else `detected_at`."""
+def alert_event_time(alert: dict[str, Any]) -> float | None:
+    """The event's time (TimeCreated, UtcTime, @timestamp), else the alert's `event_time`
+    (a correlation alert has no event); None when neither is readable."""
     ts = event_time(alert.get("event") or {})
-    if ts is None:
-        ts = parse_time(alert.get("event_time"))
-    if ts is None:
-        ts = parse_time(alert.get("detected_at"))
-    return ts
+    return parse_time(alert.get("event_time")) if ts is None else ts
+
+
+def alert_time(alert: dict[str, Any]) -> float | None:
+    """When it happened: alert_event_time, else `detected_at`."""
+    ts = alert_event_time(alert)
+    return parse_time(alert.get("detected_at")) if ts is None else ts
 
 
 def alert_time_text(alert: dict[str, Any], seconds_only: bool = False, local: bool = False) -> str:
