@@ -27,7 +27,6 @@ import orjson
 from sigstream.connectors.message import Headers, Message
 
 from sigstream.stream.topics import ALERTS_TOPIC, DLQ_TOPIC, event_topic  # noqa: F401 - re-exported
-from sigstream.stream.topics import EVENT_TOPIC_PATTERN as EVENTS_TOPIC_PATTERN  # noqa: F401
 
 def partition_for(key: bytes | None, partitions: int, counter: int) -> int:
     if key is None:

@@ -389,6 +389,6 @@ def _run_sequence_case(rule_set: _RuleSet, correlations: list, case: dict, i: in
         return fail(f"expected {want}, but the correlation fired {n_fired} time(s) ({groups}); "
                     f"base rule matches: {seen}")
     refs = sorted({ref for c in targets for ref in c.rules})
-    return fail(f"expected the correlation to fire"
+    return fail("expected the correlation to fire"
                 + (f" {count} time(s)" if count is not None else "")
                 + f", it did not; base rule matches in the sequence: {seen}; it needs: {', '.join(refs)}")
