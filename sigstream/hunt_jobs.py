@@ -1,16 +1,19 @@
-"""`hunt --jobs N`: the file hunt spread over worker processes, same output as one process.
+"""`hunt --jobs N`: the file hunt spread over N processes, same output as one process.
 
 Split of the work (why the output is the sequential one, byte for byte):
 
-    parent: plan tasks (whole files; JSON-lines files cut at line boundaries into byte
-            ranges with their first line number)  ->  pool  ->  results merged IN TASK
-            ORDER  ->  the parent's Detector for everything stateful  ->  sink
+    parent: plan tasks (small files grouped, large JSON-lines files cut at line ends into
+            byte ranges)  ->  N - 1 worker processes, and the parent itself whenever the
+            next result is not in yet  ->  results merged IN TASK ORDER
+            (sigstream.hunt_merge)  ->  the parent's Detector for everything stateful  ->  sink
     worker: read + normalise + (enrich +) match + alert documents: the stateless part,
             through a Detector without reassembly or stages (the same `_match` code)
 
 - A worker returns, per task, the items the sequential hunt would produce, in input order:
-  unreadable records, evaluation problems, detection failures, and each event's alerts.
-  Events without alerts are only counted.
+  unreadable records, evaluation problems, detection failures, each event's alerts, the end
+  of each whole file. Events without alerts are only counted. A byte range numbers its
+  lines from its start and counts them; the merger shifts them (no pass over the file up
+  front to count lines). Results travel as files in /dev/shm where there is one.
 - PowerShell 4104 events with MessageTotal > 1 (possible fragments of a split script block,
   which may straddle two tasks) are not matched by the worker: they are returned whole and
   the parent feeds them, in order, to its own Detector (`detect`: reassembly, match,
@@ -25,21 +28,25 @@ Workers are forked while the parent has no other thread (they inherit the compil
 nothing to pickle or rebuild), else started by `forkserver` (else `spawn`) and rebuilt from
 the parent's compiled rules (their IR; the needle databases come from the compile cache);
 see `start_method`. A worker that dies (killed, out of memory) fails the hunt with the task
-it held (file and line or byte range): never a hang, never a silently partial output.
-EVTX files are one task each (the evtx parser has no cheap entry at a chunk: record
-positions count from the file start).
+it held (file and line or byte range): never a hang, never a silently partial output; a
+worker whose parent dies ends too (Linux). EVTX and gzip files are never split (the evtx
+parser has no cheap entry at a chunk: record positions count from the file start).
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import copy
 import gc
 import io
 import logging
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -49,16 +56,17 @@ from typing import Any, Callable, Iterator, Sequence
 import orjson
 
 from sigstream.connectors.readers import ReadError, _iter_jsonl, _normalised, read_records
+from sigstream.hunt_merge import TaskMerger
 from sigstream.stream.correlation_stage import CorrelationStage
 from sigstream.stream.detector import Detector
-from sigstream.stream.engine import Engine, EngineError
+from sigstream.stream.engine import Engine
 from sigstream.stream.errors import SigstreamError
 from sigstream.stream.reassembly import _int
 from sigstream.time_window import OUTSIDE, UNTIMED, TimeWindow
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 4 << 20        # a JSON-lines task: about this many bytes (whole lines)
+CHUNK_BYTES = 1 << 20        # a JSON-lines task: at most about this many bytes (whole lines)
 IN_FLIGHT_PER_JOB = 3        # tasks submitted ahead per worker (bounds the parent's memory)
 
 _EVTX_MAGIC = b"ElfFile\x00"
@@ -78,12 +86,16 @@ def default_jobs() -> int:
 
 @dataclass(frozen=True)
 class Task:
-    path: str
-    start: int = 0           # byte range of a JSON-lines task; whole file when lines == 0
+    paths: tuple[str, ...]   # whole files, in input order; one file when ranged
+    start: int = 0           # byte range of a JSON-lines task (when ranged)
     end: int = 0
-    line: int = 0            # first line number of the range (0: a whole-file task)
-    part: float = 1.0        # share of the file, for the progress bar
-    last: bool = True        # the file's last task
+    ranged: bool = False
+    part: float = 1.0        # share of the file (ranged), for the progress bar
+    last: bool = True        # the file's last range (ranged)
+
+    @property
+    def path(self) -> str:
+        return self.paths[0]
 
 
 def splittable_jsonl(path: Path) -> bool:
@@ -110,26 +122,41 @@ def splittable_jsonl(path: Path) -> bool:
         return False
 
 
-def plan(files: Sequence[Path], chunk_bytes: int) -> Iterator[Task]:
-    """Tasks in input order. Line numbers of later ranges are counted here, as the
-    tasks are handed out (the workers are busy meanwhile)."""
+def plan(files: Sequence[Path], chunk_bytes: int, jobs: int = 1) -> Iterator[Task]:
+    """Tasks in input order: small files grouped up to `chunk_bytes` (each task costs a
+    round trip to a worker: an EVTX export of thousands of small files must not be thousands
+    of tasks); a large JSON-lines file as byte ranges ending at line ends, of `chunk_bytes`
+    and then smaller towards the file's end (down to 1/8 of it), so that the jobs finish
+    together instead of one finishing a large last range alone. Other large files (EVTX,
+    gzip) are one task each."""
+    group: list[str] = []
+    group_bytes = 0
     for f in files:
         size = _size(f)
         if size <= chunk_bytes or not splittable_jsonl(f):
-            yield Task(str(f))
+            if group and group_bytes + size > chunk_bytes:
+                yield Task(tuple(group))
+                group, group_bytes = [], 0
+            group.append(str(f))
+            group_bytes += size
             continue
+        if group:
+            yield Task(tuple(group))
+            group, group_bytes = [], 0
         with open(f, "rb") as fh:
-            pos, line = 0, 1
+            pos = 0
             while pos < size:
-                fh.seek(min(pos + chunk_bytes, size))
+                target = min(chunk_bytes, max(chunk_bytes // 8, (size - pos) // (2 * jobs)))
+                fh.seek(min(pos + target, size))
                 if fh.tell() < size:
                     fh.readline()             # to the end of the line the target falls in
                 end = min(fh.tell(), size)
-                if size - end < chunk_bytes // 4:
+                if size - end < target // 4:
                     end = size                # no tiny tail task
-                yield Task(str(f), pos, end, line, (end - pos) / size, end >= size)
-                line += _count_newlines(fh, pos, end)
+                yield Task((str(f),), pos, end, True, (end - pos) / size, end >= size)
                 pos = end
+    if group:
+        yield Task(tuple(group))
 
 
 def _size(f: Path) -> int:
@@ -137,18 +164,6 @@ def _size(f: Path) -> int:
         return f.stat().st_size
     except OSError:
         return 0
-
-
-def _count_newlines(fh: Any, start: int, end: int) -> int:
-    fh.seek(start)
-    n, left = 0, end - start
-    while left > 0:
-        block = fh.read(min(left, 8 << 20))
-        if not block:
-            break
-        n += block.count(b"\n")
-        left -= len(block)
-    return n
 
 
 # ------------------------------------------------------------------ workers ---
@@ -169,23 +184,35 @@ class _Worker:
         self.clock = clock
         self.rule_index = {id(r.rule): r.index for r in engine.rules}
 
-    def run(self, task: Task) -> tuple[list[tuple], int, int, int, int]:
-        """(items, records read, events matched here, events outside the time window,
-        events without a time) for one task."""
+    def run(self, task: Task) -> tuple[list[tuple], int, int, int, int, int]:
+        """(items, records read, events outside the time window, events without a time,
+        events matched here, lines of a byte range) for one task. The positions of a
+        range are its line numbers counted from 1 at its start; a whole file's items end
+        with ("P", path): the file is done."""
         items: list[tuple] = []
+        matched0 = self.detector.events
+        if task.ranged:
+            with open(task.path, "rb") as fh:
+                fh.seek(task.start)
+                data = fh.read(task.end - task.start)
+            counts = self._hunt(_iter_jsonl(io.BytesIO(data), task.path), items)
+            return (items, *counts, self.detector.events - matched0, data.count(b"\n"))
+        n = outside = untimed = 0
+        for path in task.paths:
+            counts = self._hunt(read_records(path), items)
+            n, outside, untimed = n + counts[0], outside + counts[1], untimed + counts[2]
+            items.append(("P", path))
+        return items, n, outside, untimed, self.detector.events - matched0, 0
+
+    def _hunt(self, records: Any, items: list[tuple]) -> tuple[int, int, int]:
+        """One file's (or range's) records -> items; (records read, outside the time window,
+        without a time)."""
         engine, detect, clock, defer = self.engine, self.detector.detect, self.clock, self.defer
 
         def unreadable(err: ReadError) -> None:
             items.append(("R", err.path, err.position, err.reason))
 
-        if task.line:
-            with open(task.path, "rb") as fh:
-                fh.seek(task.start)
-                data = fh.read(task.end - task.start)
-            records: Any = _iter_jsonl(io.BytesIO(data), task.path, start=task.line)
-        else:
-            records = read_records(task.path)
-        n, matched0, outside, untimed = 0, self.detector.events, 0, 0
+        n, outside, untimed = 0, 0, 0
         place = self.window.place if self.window is not None else None
         errors_seen = engine.error_count
         for event, src in _normalised(records, unreadable):
@@ -215,15 +242,21 @@ class _Worker:
                 items.append(failure)
             elif alerts:
                 items.append(("A", alerts))
-        return items, n, self.detector.events - matched0, outside, untimed
+        return n, outside, untimed
 
 
 _worker: _Worker | None = None
 
 
+_results_dir: str | None = None
+
+
 def _init_worker(engine_or_spec: Any, defer: bool, clock: Callable[[], float],
-                 window: TimeWindow | None = None) -> None:
-    global _worker
+                 window: TimeWindow | None = None, results_dir: str | None = None) -> None:
+    global _worker, _results_dir
+    if isinstance(engine_or_spec, Engine):   # forked (a spec otherwise)
+        _end_with_parent()
+    _results_dir = results_dir
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles ^C and ends the pool
     engine = engine_or_spec if isinstance(engine_or_spec, Engine) else _engine_from_spec(engine_or_spec)
     _worker = _Worker(engine, defer, clock, window)
@@ -231,9 +264,56 @@ def _init_worker(engine_or_spec: Any, defer: bool, clock: Callable[[], float],
     gc.freeze()   # the engine (inherited or built) stays: out of the collector's scans
 
 
-def _run_task(task: Task) -> tuple[list[tuple], int, int, int, int]:
+def _end_with_parent() -> None:
+    """Linux, a forked worker: SIGKILL it when its parent dies (kill -9, OOM killer); an
+    orphan would otherwise wait for tasks forever, holding the engine's memory: it holds a
+    copy of the parent's end of its task pipe, which therefore never closes. Spawned and
+    forkserver workers hold none, and see the pipe close."""
+    parent = multiprocessing.parent_process()
+    if not sys.platform.startswith("linux") or parent is None:
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent.pid:   # it died before the call
+        os._exit(1)
+
+
+def _run_task(task: Task) -> Any:
+    """The task's result, or the name of the file in `_results_dir` holding it pickled."""
     assert _worker is not None
-    return _worker.run(task)
+    result = _worker.run(task)
+    if _results_dir is None:
+        return result
+    # Through a file in memory (/dev/shm), not the executor's pipe: a megabyte of alerts
+    # written to the pipe blocks this worker until the parent's result thread has read it
+    # all, 64 KB at a time, each time taking the GIL from the parent's own matching.
+    fd, name = tempfile.mkstemp(dir=_results_dir)
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return name
+
+
+def _result_of(value: Any) -> tuple[list[tuple], int, int, int, int, int]:
+    """A worker's result (see _run_task)."""
+    if not isinstance(value, str):
+        return value
+    with open(value, "rb") as f:
+        result = pickle.load(f)
+    os.unlink(value)
+    return result
+
+
+def _results_dir_for_workers() -> str | None:
+    """A private directory on a memory file system for the workers' results, if there is one."""
+    if not os.path.isdir("/dev/shm"):
+        return None
+    try:
+        return tempfile.mkdtemp(prefix="sigstream-hunt-", dir="/dev/shm")
+    except OSError:
+        return None
 
 
 def _engine_spec(engine: Engine) -> dict[str, Any]:
@@ -290,115 +370,90 @@ def hunt_parallel(files: Sequence[Path], detector: Detector, sink: Any, stats: A
                   on_progress: Callable[[Path, float], None] | None, clock: Callable[[], float],
                   chunk_bytes: int = CHUNK_BYTES, method: str | None = None,
                   window: TimeWindow | None = None) -> Any:
-    """The body of hunting.hunt_files with `jobs` worker processes (see the module doc)."""
-    engine, add = detector.engine, sink.add
+    """The body of hunting.hunt_files with `jobs` processes (see the module doc)."""
     method = start_method(method)
-    ctx = multiprocessing.get_context(method)
-    # fork: workers inherit the engine (nothing is pickled); spawn: rebuilt from the rules
-    first = engine if method == "fork" else _engine_spec(engine)
     for stream in (sys.stdout, sys.stderr):   # a forked child must not flush our buffers again
         try:
             stream.flush()
         except Exception:  # noqa: BLE001 - closed or odd streams
             pass
     log.debug("hunt with %d jobs (%s)", jobs, method)
-    # The parent only unpickles and merges: tree-shaped alert documents, freed by reference
-    # counting; the collector would rescan the growing young generations for nothing.
+    merger = TaskMerger(detector, sink.add, stats, on_error, on_file_done, on_progress, clock)
+    # The parent's objects are tree-shaped alert documents and events, freed by reference
+    # counting (no cycles): the collector would rescan its young generations for nothing.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _pool_hunt(ctx, first, files, detector, stats, jobs, add, engine, on_error,
-                   on_file_done, on_progress, clock, chunk_bytes, window)
+        _pool_hunt(multiprocessing.get_context(method), method, plan(files, chunk_bytes, jobs),
+                   detector, jobs, merger, clock, window)
     finally:
         if gc_was_enabled:
             gc.enable()
     return stats
 
 
-def _pool_hunt(ctx: Any, first: Any, files: Sequence[Path], detector: Detector, stats: Any, jobs: int,
-               add: Callable, engine: Engine, on_error: Callable[[ReadError], None],
-               on_file_done: Callable[[Path], None], on_progress: Callable[[Path, float], None] | None,
-               clock: Callable[[], float], chunk_bytes: int, window: TimeWindow | None) -> None:
-    tasks = plan(files, chunk_bytes)
-    pending: collections.deque = collections.deque()
+def _pool_hunt(ctx: Any, method: str, tasks: Iterator[Task], detector: Detector, jobs: int,
+               merger: TaskMerger, clock: Callable[[], float], window: TimeWindow | None) -> None:
+    """jobs - 1 worker processes, and this process is the last job: it runs a task itself
+    whenever the next result to merge is not in yet (it pays no pickling for those; on many
+    cores it is busy merging and seldom matches). Results merge in task order."""
+    engine, defer = detector.engine, detector.assembler is not None
+    # fork: workers inherit the engine (nothing is pickled); spawn: rebuilt from the rules
+    first = engine if method == "fork" else _engine_spec(engine)
+    results_dir = _results_dir_for_workers()
     # An executor, not multiprocessing.Pool: a Pool replaces a dead worker and waits forever
     # for the task it held; the executor marks itself broken and fails every pending task.
     pool = concurrent.futures.ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=_init_worker,
-        initargs=(first, detector.assembler is not None, clock, window))
+        jobs - 1, mp_context=ctx, initializer=_init_worker,
+        initargs=(first, defer, clock, window, results_dir))
+    here = _Worker(_own_errors(engine), defer, clock, window)
+    pending: collections.deque = collections.deque()   # (task, Future | result), in task order
+    in_pool, pool_limit = 0, (jobs - 1) * IN_FLIGHT_PER_JOB
     done = False
     try:
-        def submit() -> None:
-            task = next(tasks, None)
-            if task is not None:
-                pending.append((task, pool.submit(_run_task, task)))
-
-        for _ in range(jobs * IN_FLIGHT_PER_JOB):
-            submit()
-        while pending:
-            task, result = pending.popleft()
-            try:
-                items, n, matched, outside, untimed = result.result()
-            except BrokenProcessPool as e:
-                # results merge in task order: everything before this task is out, nothing after
-                raise HuntWorkerDied(f"a hunt worker process died ({e}): the output is complete up "
-                                     f"to {_where(task)} and misses everything from there on; "
-                                     "re-run (--jobs 1 shows the record a crash is at)") from None
-            submit()
-            stats.events += n
-            stats.outside += outside
-            stats.untimed += untimed
-            detector.events += matched
-            _merge(items, detector, engine, add, stats, on_error, clock)
-            if on_progress is not None:
-                on_progress(Path(task.path), task.part)
-            if task.last:
-                on_file_done(Path(task.path))
+        while True:
+            while in_pool < pool_limit and (task := next(tasks, None)) is not None:
+                try:
+                    pending.append((task, pool.submit(_run_task, task)))
+                except BrokenProcessPool as e:    # a worker died since the last result
+                    raise _died(e, pending[0][0] if pending else task, merger) from None
+                in_pool += 1
+            if not pending:
+                break
+            task, result = pending[0]
+            if isinstance(result, concurrent.futures.Future):
+                if not result.done() and (extra := next(tasks, None)) is not None:
+                    pending.append((extra, here.run(extra)))   # rather than wait
+                    continue
+                try:
+                    result = _result_of(result.result())
+                except BrokenProcessPool as e:
+                    raise _died(e, task, merger) from None
+                in_pool -= 1
+            pending.popleft()
+            merger.merge(task, result)
         done = True
     finally:
         if not done:   # ^C, a failed or dead worker: stop the others now, not after their tasks
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        if results_dir is not None:   # results never merged (a failed hunt)
+            shutil.rmtree(results_dir, ignore_errors=True)
 
 
-def _where(task: Task) -> str:
-    """A task's place in its file, for messages."""
-    if not task.line:
-        return task.path
-    return f"{task.path} from line {task.line:,} (bytes {task.start:,}-{task.end:,})"
+def _own_errors(engine: Engine) -> Engine:
+    """The engine, with errors of its own: a task run in the parent reports its evaluation
+    problems as items, merged in task order like a worker's (not at once, before earlier
+    tasks' ones). The compiled rules and the bucket cache are shared."""
+    own = copy.copy(engine)
+    own.errors, own.error_count, own._on_error = [], 0, None
+    return own
 
 
-def _merge(items: list[tuple], detector: Detector, engine: Engine, add: Callable,
-           stats: Any, on_error: Callable[[ReadError], None], clock: Callable[[], float]) -> None:
-    """One task's items, in order, as the sequential hunt would have handled them."""
-    for item in items:
-        tag = item[0]
-        if tag == "A":            # a matched event's alerts -> the stages (correlation), in order
-            alerts = detector.through_stages(item[1], item[1][0]["event"], clock())
-            for alert in alerts:
-                add(alert)
-            stats.alerts += len(alerts)
-        elif tag == "F":          # a possible script-block fragment: the whole Detector
-            event, source = item[1], item[2]
-            try:
-                alerts = detector.detect(event, source, clock())
-            except Exception as e:  # noqa: BLE001 - as hunting.hunt_files
-                stats.failed += 1
-                log.debug("detection failed at %s:%s", source["path"], source["position"], exc_info=True)
-                on_error(ReadError(source["path"], source["position"],
-                                   f"detection failed: {type(e).__name__}: {e}"))
-                continue
-            for alert in alerts:
-                add(alert)
-            stats.alerts += len(alerts)
-        elif tag == "R":
-            stats.unreadable += 1
-            on_error(ReadError(item[1], item[2], item[3]))
-        elif tag == "D":
-            stats.failed += 1
-            on_error(ReadError(item[1], item[2], item[3]))
-        elif tag == "E":
-            for index, reason in item[1]:
-                if 0 <= index < len(engine.rules):
-                    engine._error(EngineError(engine.rules[index].rule, reason))
+def _died(e: BrokenProcessPool, task: Task, merger: TaskMerger) -> HuntWorkerDied:
+    """`task`: the first one not merged (results merge in task order: everything before
+    it is out, nothing after)."""
+    return HuntWorkerDied(f"a hunt worker process died ({e}): the output is complete up to "
+                          f"{merger.where(task)} and misses everything from there on; "
+                          "re-run (--jobs 1 shows the record a crash is at)")

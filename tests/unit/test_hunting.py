@@ -5,6 +5,7 @@ import functools
 import io
 import json
 import math
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -158,8 +159,24 @@ def test_plan_covers_the_file_at_line_boundaries(tmp_path):
     assert len(tasks) > 10 and tasks[0].start == 0 and tasks[-1].end == len(data) and tasks[-1].last
     for a, b in zip(tasks, tasks[1:]):
         assert a.end == b.start and data[b.start - 1:b.start] == b"\n"
-        assert b.line == data[:b.start].count(b"\n") + 1
+    assert all(t.ranged for t in tasks) and [t.last for t in tasks].count(True) == 1
     assert math.isclose(sum(t.part for t in tasks), 1.0)
+
+
+def test_positions_of_later_ranges_are_the_files_line_numbers(tmp_path, rules):
+    """Workers number a range's lines from 1; the parent makes them the file's (regression
+    guard for that shift: alerts, unreadable lines and fragments alike)."""
+    events = generated_events(tmp_path)
+    lines = events.read_bytes().split(b"\n")
+    many, errors, _ = hunt([events], rules, 2, chunk_bytes=4096)
+    alerts = [json.loads(x) for x in many.splitlines()]
+    later = [a for a in alerts if a["source"] and a["source"]["position"] > 200]
+    assert later
+    for a in later:
+        line = orjson.loads(lines[a["source"]["position"] - 1])
+        assert line["EventRecordID"] == a["event"]["EventRecordID"]
+    assert [e["position"] for e in errors if "JSON" in e["reason"] or "line" in e["reason"]] == \
+        [lines.index(b'{"EventID": 1, "Channel": broken') + 1]
 
 
 def test_samples_and_project_rules_same_bytes():
@@ -177,14 +194,15 @@ def test_spawn_start_method_gives_the_same_bytes(tmp_path, rules):
 
 
 def _die_on_a_later_task(self, task):
-    """A worker's task runner that dies (as on SIGKILL or the OOM killer) on a later range."""
-    import os
-    if task.line > 1:
+    """A worker process's task runner that dies (as on SIGKILL or the OOM killer) on a later
+    range (the parent runs tasks too, through the same method: it does not die)."""
+    if task.start > 0 and os.getpid() != _TEST_PID:
         os._exit(9)
     return _real_run(self, task)
 
 
 _real_run = hunt_jobs._Worker.run
+_TEST_PID = os.getpid()
 
 
 def test_a_worker_that_dies_fails_the_hunt_naming_the_file_and_line(tmp_path, rules, monkeypatch):
@@ -285,3 +303,76 @@ def test_the_hunt_progress_bar_starts_no_thread(monkeypatch):
         assert threading.active_count() == before
     finally:
         bar.__exit__(None, None, None)
+
+
+ORPHAN_SCRIPT = """
+import sys, time
+from pathlib import Path
+from sigstream import hunt_jobs
+from sigstream.hunting import hunt_files
+from sigstream.stream.detector import Detector
+from sigstream.stream.engine import Engine
+from sigstream.stream.rules import load_rules
+
+real_run = hunt_jobs._Worker.run
+def slow_run(self, task):
+    time.sleep(0.2)
+    return real_run(self, task)
+hunt_jobs._Worker.run = slow_run
+engine = Engine(load_rules([sys.argv[1]], use_cache=False).rules)
+print("hunting", flush=True)
+hunt_files([Path(sys.argv[2])], Detector(engine), type("S", (), {"add": lambda s, a: None})(),
+           on_error=lambda e: None, jobs=3, chunk_bytes=2048, start_method="fork")
+"""
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _running(pids: set[int]) -> set[int]:
+    """Those of `pids` that exist and are not zombies."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_forked_workers_end_when_the_hunt_is_killed(tmp_path, rules):
+    """Regression: after kill -9 of the hunt, its forked workers waited for tasks forever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    events = generated_events(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(rules[0]), str(events)],
+                            stdout=subprocess.PIPE, cwd=REPO, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "hunting"
+        deadline = time.monotonic() + 20
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(workers) >= 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(workers), f"workers {_running(workers)} outlived the killed hunt"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
