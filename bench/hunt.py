@@ -15,8 +15,8 @@ Run alone: throughput on this 2-core machine halves when another job runs beside
 
     python bench/hunt.py [--runs 5] [--corpus ../shared/corpora] [--no-enrich]
     python bench/hunt.py --runs 3 --copies 10 --correlations 10     # the x10 corpus
-    python bench/hunt.py --runs 3 --jobs 2    # + hunt with 1 and 2 worker processes (hunt --jobs):
-                                              #   the corpus, and one JSON-lines file of its events x10
+    python bench/hunt.py --runs 3 --jobs 2    # + hunt with 1 and 2 processes (hunt --jobs): the corpus,
+                                              #   its EVTX files x8, one JSON-lines file of its events x10
 """
 from __future__ import annotations
 
@@ -82,9 +82,21 @@ def jsonl_copy(files, copies: int, path: Path) -> int:
     return len(events) * copies
 
 
+def evtx_copies(files, copies: int, folder: Path) -> list[Path]:
+    """The corpus' EVTX files, `copies` times over (copies in a temporary folder)."""
+    import shutil
+    out = []
+    for c in range(copies):
+        for i, f in enumerate(files):
+            if f.suffix.lower() == ".evtx":
+                out.append(Path(shutil.copyfile(f, folder / f"{c}-{i}-{f.name}")))
+    return out
+
+
 def jobs_figures(engine: Engine, files, jobs: int, runs: int) -> list[str]:
-    """hunt_files with 1 and `jobs` workers (hunt --jobs), on the corpus and on one large
-    JSON-lines file of its events (x10); steady state (the engine's buckets built)."""
+    """hunt_files with 1 and `jobs` workers (hunt --jobs), on the corpus, on its EVTX files
+    x8 and on one large JSON-lines file of its events (x10); steady state (the engine's
+    buckets built)."""
     def rate(inputs, n, j):
         t = statistics.median(
             timed(lambda: hunt_files(inputs, Detector(engine), NullSink(), on_error=lambda e: None,
@@ -95,8 +107,11 @@ def jobs_figures(engine: Engine, files, jobs: int, runs: int) -> list[str]:
         big = Path(tmp) / "corpus-x10.jsonl"
         n_big = jsonl_copy(files, 10, big)
         n_corpus = parse_only(files)
+        many = evtx_copies(files, 8, Path(tmp))
+        n_many = parse_only(many)
         hunt_files([big], Detector(engine), NullSink(), on_error=lambda e: None)   # warm up
         for label, inputs, n in ((f"{len(files)} EVTX files", files, n_corpus),
+                                 (f"{len(many)} EVTX files (x8)", many, n_many),
                                  (f"one JSONL file ({big.stat().st_size / 2**20:,.0f} MiB)", [big], n_big)):
             r1 = rate(inputs, n, 1)
             rj = rate(inputs, n, jobs)
