@@ -174,8 +174,8 @@ def _load(opts: dict[str, Any], quiet: bool = False, require_rules: bool = False
               help="Known-bad hash list (text: one MD5/SHA1/SHA256/imphash:... per line; CSV: "
                    "hash,label[,level]); matched against Sysmon Hashes. Repeatable.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=None,
-              help="Worker processes (default: the CPUs this process may use; inputs under 32 MiB "
-                   "run in one). Same output, in the same order, as --jobs 1.")
+              help="Processes reading and matching (default: the CPUs this process may use; inputs "
+                   "under 32 MiB run in one). Same output, in the same order, as --jobs 1.")
 @click.option("--from", "time_from", metavar="TIME",
               help="Only events at or after TIME: ISO 8601 date or date-time (UTC unless an offset "
                    "is given), or a span back from now (30m, 24h, 7d).")
