@@ -290,9 +290,16 @@ def _run_task(task: Task) -> Any:
     # Through a file in memory (/dev/shm), not the executor's pipe: a megabyte of alerts
     # written to the pipe blocks this worker until the parent's result thread has read it
     # all, 64 KB at a time, each time taking the GIL from the parent's own matching.
-    fd, name = tempfile.mkstemp(dir=_results_dir)
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        fd, name = tempfile.mkstemp(dir=_results_dir)
+    except OSError:
+        return result
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError:   # /dev/shm full (a container's is often 64 MB): through the pipe then
+        os.unlink(name)
+        return result
     return name
 
 

@@ -376,3 +376,16 @@ def test_forked_workers_end_when_the_hunt_is_killed(tmp_path, rules):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_full_dev_shm_sends_results_through_the_pipe(tmp_path, rules, monkeypatch):
+    """/dev/shm is often 64 MB in a container: a result that does not fit goes the old way."""
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(hunt_jobs.pickle, "dump", full)   # forked workers inherit it
+    events = generated_events(tmp_path)
+    one, _, _ = hunt([events], rules, 1)
+    many, _, _ = hunt([events], rules, 2, chunk_bytes=8192, start_method="fork")
+    assert many == one
