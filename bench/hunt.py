@@ -16,7 +16,8 @@ Run alone: throughput on this 2-core machine halves when another job runs beside
     python bench/hunt.py [--runs 5] [--corpus ../shared/corpora] [--no-enrich]
     python bench/hunt.py --runs 3 --copies 10 --correlations 10     # the x10 corpus
     python bench/hunt.py --runs 3 --jobs 2    # + hunt with 1 and 2 processes (hunt --jobs): the corpus,
-                                              #   its EVTX files x8, one JSON-lines file of its events x10
+                                              #   its EVTX files x8, one EVTX file of its chunks x4,
+                                              #   one JSON-lines file of its events x10
 """
 from __future__ import annotations
 
@@ -93,6 +94,18 @@ def evtx_copies(files, copies: int, folder: Path) -> list[Path]:
     return out
 
 
+def one_evtx_file(files, copies: int, path: Path) -> None:
+    """One EVTX file made of the 64 KiB chunks of the corpus' whole EVTX files, `copies`
+    times over (chunks are self-contained; the header is the first file's)."""
+    from sigstream.connectors.readers import evtx_chunks
+    whole = [f for f in files if evtx_chunks(f)]
+    chunks = []
+    for f in whole:
+        data = f.read_bytes()
+        chunks += [data[4096 + k * 65536:4096 + (k + 1) * 65536] for k in range(evtx_chunks(f))]
+    path.write_bytes(whole[0].read_bytes()[:4096] + b"".join(chunks * copies))
+
+
 def jobs_figures(engine: Engine, files, jobs: int, runs: int) -> list[str]:
     """hunt_files with 1 and `jobs` workers (hunt --jobs), on the corpus, on its EVTX files
     x8 and on one large JSON-lines file of its events (x10); steady state (the engine's
@@ -109,9 +122,14 @@ def jobs_figures(engine: Engine, files, jobs: int, runs: int) -> list[str]:
         n_corpus = parse_only(files)
         many = evtx_copies(files, 8, Path(tmp))
         n_many = parse_only(many)
+        one_evtx = Path(tmp) / "corpus-chunks-x4.evtx"
+        one_evtx_file(files, 4, one_evtx)
+        n_one_evtx = parse_only([one_evtx])
         hunt_files([big], Detector(engine), NullSink(), on_error=lambda e: None)   # warm up
         for label, inputs, n in ((f"{len(files)} EVTX files", files, n_corpus),
                                  (f"{len(many)} EVTX files (x8)", many, n_many),
+                                 (f"one EVTX file ({one_evtx.stat().st_size / 2**20:,.0f} MiB, the corpus' "
+                                  "chunks x4)", [one_evtx], n_one_evtx),
                                  (f"one JSONL file ({big.stat().st_size / 2**20:,.0f} MiB)", [big], n_big)):
             r1 = rate(inputs, n, 1)
             rj = rate(inputs, n, jobs)

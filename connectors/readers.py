@@ -51,7 +51,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, IO, Iterable, Iterator, NamedTuple, Union
+from typing import Any, Callable, Generator, IO, Iterable, Iterator, NamedTuple, Union
 
 import orjson
 
@@ -100,6 +100,7 @@ _EVTX_MAGIC = b"ElfFile\x00"
 _GZIP_MAGIC = b"\x1f\x8b"
 _EVTX_HEADER_SIZE = 4096
 _EVTX_CHUNK_SIZE = 65536
+EVTX_CHUNK_BYTES = _EVTX_CHUNK_SIZE
 # give up on an EVTX file after this many consecutive unreadable items
 MAX_CONSECUTIVE_EVTX_ERRORS = 100
 # a '{' file whose first line is not a JSON value is parsed whole (pretty
@@ -331,8 +332,6 @@ def _gz_or_tmp(fobj: Any) -> bool:
 
 
 def _read_evtx(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iterator[Item]:
-    from evtx import PyEvtxParser  # deferred: only needed for EVTX input
-
     spath = str(path)
     source_info = _evtx_source(path, opened)
     if isinstance(source_info, ReadError):
@@ -358,49 +357,93 @@ def _read_evtx(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iter
         source = _ZeroPadded(fobj, keep, size - keep + _EVTX_CHUNK_SIZE - partial
                              if valid else 0)
 
-    pos = 0
+    read = [0]
     try:
-        try:
-            parser = PyEvtxParser(source, number_of_threads=1)
-            it = parser.records_json()
-        except Exception as e:  # noqa: BLE001 - the parser raises plain OSError/RuntimeError
-            yield ReadError(spath, None, f"cannot parse EVTX file: {e}")
-            return
-        consecutive = 0
-        loads = orjson.loads
-        while True:
-            pos += 1
-            try:
-                rec = next(it)
-            except StopIteration:
-                pos -= 1
-                break
-            except Exception as e:  # noqa: BLE001
-                consecutive += 1
-                yield ReadError(spath, pos, f"unreadable EVTX record: {e}")
-                if consecutive >= MAX_CONSECUTIVE_EVTX_ERRORS:
-                    yield ReadError(spath, None, f"giving up on the file after {consecutive} "
-                                                 "consecutive unreadable EVTX records")
-                    return
-                continue
-            consecutive = 0
-            try:
-                data = loads(rec["data"])
-            except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-                yield ReadError(spath, pos, f"EVTX record is not valid JSON: {e}")
-                continue
-            yield data, SourceRef(spath, pos)
+        gave_up = yield from _parse_evtx(spath, source, read)
     finally:
         if source is not spath:
             source.close()
         fobj.close()
-    if truncated:
+    pos = read[0]
+    if truncated and not gave_up:
         yield ReadError(
             spath, pos + 1,
             f"EVTX file is truncated ({size} bytes; header declares {declared_chunks} chunks "
             f"= {_EVTX_HEADER_SIZE + declared_chunks * _EVTX_CHUNK_SIZE} bytes, "
             f"last chunk {'has only %d bytes' % partial if partial else 'missing'}); "
             "records after the ones read are lost")
+
+
+def _parse_evtx(spath: str, source: Any, read: list[int]) -> Generator[Item, None, bool]:
+    """The records of an EVTX file (a path or a file object), positions from 1; read[0]:
+    the last position given out. Returns True if it gave up on the file (too many
+    consecutive unreadable records) or could not parse it at all."""
+    from evtx import PyEvtxParser  # deferred: only needed for EVTX input
+
+    try:
+        it = PyEvtxParser(source, number_of_threads=1).records_json()
+    except Exception as e:  # noqa: BLE001 - the parser raises plain OSError/RuntimeError
+        yield ReadError(spath, None, f"cannot parse EVTX file: {e}")
+        return True
+    pos = consecutive = 0
+    loads = orjson.loads
+    while True:
+        try:
+            rec = next(it)
+        except StopIteration:
+            return False
+        except Exception as e:  # noqa: BLE001
+            pos = read[0] = pos + 1
+            consecutive += 1
+            yield ReadError(spath, pos, f"unreadable EVTX record: {e}")
+            if consecutive >= MAX_CONSECUTIVE_EVTX_ERRORS:
+                yield ReadError(spath, None, f"giving up on the file after {consecutive} "
+                                             "consecutive unreadable EVTX records")
+                return True
+            continue
+        pos = read[0] = pos + 1
+        consecutive = 0
+        try:
+            data = loads(rec["data"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            yield ReadError(spath, pos, f"EVTX record is not valid JSON: {e}")
+            continue
+        yield data, SourceRef(spath, pos)
+
+
+def evtx_chunks(path: str | os.PathLike) -> int:
+    """How many chunks a plain EVTX file can be read in independently (`read_evtx_chunks`):
+    its chunk count when it is whole (no partial chunk, none missing), else 0 (gzip, not
+    EVTX, truncated: read it whole)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(128)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return 0
+    if header[:8] != _EVTX_MAGIC or len(header) < 44:
+        return 0
+    chunks, partial = divmod(size - _EVTX_HEADER_SIZE, _EVTX_CHUNK_SIZE)
+    declared = struct.unpack_from("<H", header, 42)[0]
+    return chunks if size >= _EVTX_HEADER_SIZE and not partial and chunks >= declared else 0
+
+
+def read_evtx_chunks(path: str | os.PathLike, first: int, end: int, read: list[int]) -> Iterator[Item]:
+    """The records of chunks [first, end) of a whole plain EVTX file (see evtx_chunks), as
+    the file's reader reads them there (chunks are independent: each carries its own string
+    and template tables); positions from 1 at the first chunk; read[0]: the last position
+    given out. Unreadable records are counted towards giving up from the first chunk on
+    (the whole-file reader counts from the file's start)."""
+    spath = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_EVTX_HEADER_SIZE)
+            f.seek(_EVTX_HEADER_SIZE + first * _EVTX_CHUNK_SIZE)
+            data += f.read((end - first) * _EVTX_CHUNK_SIZE)
+    except OSError as e:
+        yield ReadError(spath, None, f"cannot read: {e}")
+        return
+    yield from _parse_evtx(spath, io.BytesIO(data), read)
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Split of the work (why the output is the sequential one, byte for byte):
 
     parent: plan tasks (small files grouped, large JSON-lines files cut at line ends into
-            byte ranges)  ->  N - 1 worker processes, and the parent itself whenever the
+            byte ranges, large EVTX files into ranges of chunks)  ->  N - 1 worker processes, and the parent itself whenever the
             next result is not in yet  ->  results merged IN TASK ORDER
             (sigstream.hunt_merge)  ->  the parent's Detector for everything stateful  ->  sink
     worker: read + normalise + (enrich +) match + alert documents: the stateless part,
@@ -29,14 +29,18 @@ nothing to pickle or rebuild), else started by `forkserver` (else `spawn`) and r
 the parent's compiled rules (their IR; the needle databases come from the compile cache);
 see `start_method`. A worker that dies (killed, out of memory) fails the hunt with the task
 it held (file and line or byte range): never a hang, never a silently partial output; a
-worker whose parent dies ends too (Linux). EVTX and gzip files are never split (the evtx
-parser has no cheap entry at a chunk: record positions count from the file start).
+worker whose parent dies ends too (Linux). A whole EVTX file is split into ranges of its
+64 KiB chunks (each chunk carries its own string and template tables; a range is parsed as
+the file's header plus those chunks, and its record positions are shifted like line
+numbers); a range whose reader reports a problem makes the parent read the rest of that
+file itself (sigstream.hunt_merge). Gzip files and truncated EVTX files are never split.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import copy
+import dataclasses
 import gc
 import io
 import logging
@@ -55,8 +59,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
-from sigstream.connectors.readers import ReadError, _iter_jsonl, _normalised, read_records
-from sigstream.hunt_merge import TaskMerger
+from sigstream.connectors.readers import (EVTX_CHUNK_BYTES, ReadError, _iter_jsonl, _normalised,
+                                          evtx_chunks, read_evtx_chunks, read_records)
+from sigstream.hunt_merge import TaskMerger, TaskResult
 from sigstream.stream.correlation_stage import CorrelationStage
 from sigstream.stream.detector import Detector
 from sigstream.stream.engine import Engine
@@ -87,11 +92,12 @@ def default_jobs() -> int:
 @dataclass(frozen=True)
 class Task:
     paths: tuple[str, ...]   # whole files, in input order; one file when ranged
-    start: int = 0           # byte range of a JSON-lines task (when ranged)
+    start: int = 0           # a range: bytes of a JSON-lines file, chunks of an EVTX file
     end: int = 0
     ranged: bool = False
     part: float = 1.0        # share of the file (ranged), for the progress bar
     last: bool = True        # the file's last range (ranged)
+    evtx: bool = False       # a range of EVTX chunks
 
     @property
     def path(self) -> str:
@@ -127,12 +133,20 @@ def plan(files: Sequence[Path], chunk_bytes: int, jobs: int = 1) -> Iterator[Tas
     round trip to a worker: an EVTX export of thousands of small files must not be thousands
     of tasks); a large JSON-lines file as byte ranges ending at line ends, of `chunk_bytes`
     and then smaller towards the file's end (down to 1/8 of it), so that the jobs finish
-    together instead of one finishing a large last range alone. Other large files (EVTX,
-    gzip) are one task each."""
+    together instead of one finishing a large last range alone; a large whole EVTX file as
+    ranges of its 64 KiB chunks, likewise. Other large files (gzip, a truncated EVTX file)
+    are one task each."""
     group: list[str] = []
     group_bytes = 0
     for f in files:
         size = _size(f)
+        chunks = evtx_chunks(f) if size > chunk_bytes else 0
+        if chunks:
+            if group:
+                yield Task(tuple(group))
+                group, group_bytes = [], 0
+            yield from _evtx_ranges(str(f), chunks, chunk_bytes, jobs)
+            continue
         if size <= chunk_bytes or not splittable_jsonl(f):
             if group and group_bytes + size > chunk_bytes:
                 yield Task(tuple(group))
@@ -159,6 +173,18 @@ def plan(files: Sequence[Path], chunk_bytes: int, jobs: int = 1) -> Iterator[Tas
         yield Task(tuple(group))
 
 
+def _evtx_ranges(path: str, chunks: int, chunk_bytes: int, jobs: int) -> Iterator[Task]:
+    per_task = max(1, chunk_bytes // EVTX_CHUNK_BYTES)
+    first = 0
+    while first < chunks:
+        target = min(per_task, max(1, per_task // 8, (chunks - first) // (2 * jobs)))
+        end = min(chunks, first + target)
+        if chunks - end < max(1, target // 4):
+            end = chunks                # no tiny tail task
+        yield Task((path,), first, end, True, (end - first) / chunks, end >= chunks, evtx=True)
+        first = end
+
+
 def _size(f: Path) -> int:
     try:
         return f.stat().st_size
@@ -174,6 +200,14 @@ def may_be_fragment(event: dict) -> bool:
     return _int(event.get("EventID")) == 4104 and (_int(event.get("MessageTotal")) or 0) > 1
 
 
+def _watched(records: Iterator[Any], troubled: list[bool]) -> Iterator[Any]:
+    """`records`, noting in troubled[0] whether the reader reported a problem."""
+    for item in records:
+        if type(item) is ReadError:
+            troubled[0] = True
+        yield item
+
+
 class _Worker:
     def __init__(self, engine: Engine, defer_fragments: bool, clock: Callable[[], float],
                  window: TimeWindow | None = None):
@@ -184,25 +218,28 @@ class _Worker:
         self.clock = clock
         self.rule_index = {id(r.rule): r.index for r in engine.rules}
 
-    def run(self, task: Task) -> tuple[list[tuple], int, int, int, int, int]:
-        """(items, records read, events outside the time window, events without a time,
-        events matched here, lines of a byte range) for one task. The positions of a
-        range are its line numbers counted from 1 at its start; a whole file's items end
-        with ("P", path): the file is done."""
+    def run(self, task: Task) -> TaskResult:
+        """One task's result (see hunt_merge). A range numbers its positions (lines, EVTX
+        records) from 1 at its start; a whole file's items end with ("P", path)."""
         items: list[tuple] = []
         matched0 = self.detector.events
+        if task.evtx:
+            read, troubled = [0], [False]
+            counts = self._hunt(_watched(read_evtx_chunks(task.path, task.start, task.end, read), troubled),
+                                items)
+            return TaskResult(items, *counts, self.detector.events - matched0, read[0], troubled[0])
         if task.ranged:
             with open(task.path, "rb") as fh:
                 fh.seek(task.start)
                 data = fh.read(task.end - task.start)
             counts = self._hunt(_iter_jsonl(io.BytesIO(data), task.path), items)
-            return (items, *counts, self.detector.events - matched0, data.count(b"\n"))
+            return TaskResult(items, *counts, self.detector.events - matched0, data.count(b"\n"))
         n = outside = untimed = 0
         for path in task.paths:
             counts = self._hunt(read_records(path), items)
             n, outside, untimed = n + counts[0], outside + counts[1], untimed + counts[2]
             items.append(("P", path))
-        return items, n, outside, untimed, self.detector.events - matched0, 0
+        return TaskResult(items, n, outside, untimed, self.detector.events - matched0)
 
     def _hunt(self, records: Any, items: list[tuple]) -> tuple[int, int, int]:
         """One file's (or range's) records -> items; (records read, outside the time window,
@@ -281,7 +318,7 @@ def _end_with_parent() -> None:
         os._exit(1)
 
 
-def _run_task(task: Task) -> Any:
+def _run_task(task: Task) -> TaskResult | str:
     """The task's result, or the name of the file in `_results_dir` holding it pickled."""
     assert _worker is not None
     result = _worker.run(task)
@@ -303,7 +340,7 @@ def _run_task(task: Task) -> Any:
     return name
 
 
-def _result_of(value: Any) -> tuple[list[tuple], int, int, int, int, int]:
+def _result_of(value: Any) -> TaskResult:
     """A worker's result (see _run_task)."""
     if not isinstance(value, str):
         return value
@@ -367,7 +404,7 @@ def parallel_reason(files: Sequence[Path], detector: Detector, jobs: int, chunk_
     total = sum(_size(f) for f in files)
     if total < min_bytes:
         return "small input"
-    if len(files) == 1 and (total <= chunk_bytes or not splittable_jsonl(files[0])):
+    if len(files) == 1 and (total <= chunk_bytes or not (splittable_jsonl(files[0]) or evtx_chunks(files[0]))):
         return "one file that is not split"
     return None
 
@@ -414,6 +451,7 @@ def _pool_hunt(ctx: Any, method: str, tasks: Iterator[Task], detector: Detector,
         jobs - 1, mp_context=ctx, initializer=_init_worker,
         initargs=(first, defer, clock, window, results_dir))
     here = _Worker(_own_errors(engine), defer, clock, window)
+    merger.redo = lambda task: (rest := _rest_of(task), here.run(rest))
     pending: collections.deque = collections.deque()   # (task, Future | result), in task order
     in_pool, pool_limit = 0, (jobs - 1) * IN_FLIGHT_PER_JOB
     done = False
@@ -447,6 +485,12 @@ def _pool_hunt(ctx: Any, method: str, tasks: Iterator[Task], detector: Detector,
         pool.shutdown(wait=True, cancel_futures=True)
         if results_dir is not None:   # results never merged (a failed hunt)
             shutil.rmtree(results_dir, ignore_errors=True)
+
+
+def _rest_of(task: Task) -> Task:
+    """An EVTX range -> the file from its first chunk to the end, as one task."""
+    chunks = evtx_chunks(task.path)
+    return dataclasses.replace(task, end=chunks, part=(chunks - task.start) / chunks, last=True)
 
 
 def _own_errors(engine: Engine) -> Engine:

@@ -9,14 +9,18 @@ A result is a list of items, in input order:
     ("D", path, position, reason)      a record whose detection failed
     ("E", [(rule index, reason)])      evaluation problems (before that event's alerts)
     ("P", path)                        a whole file is done
-A byte range of a JSON-lines file numbers its lines from 1; the merger knows where the
-range starts in its file (the lines of the ranges before it) and shifts them.
+A range of a file (JSON lines, EVTX chunks) numbers its positions from 1; the merger knows
+where the range starts in its file (the positions of the ranges before it) and shifts them.
+An EVTX range whose reader reported a problem is not merged: the EVTX reader gives up on a
+file after so many unreadable records in a row, counted from the file's start, so the rest
+of the file is read again here, in one piece, from that range on (`redo`), exactly as the
+whole-file reader goes on from there; the file's later ranges are dropped.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from sigstream.connectors.readers import ReadError
 from sigstream.stream.detector import Detector
@@ -25,35 +29,57 @@ from sigstream.stream.engine import EngineError
 log = logging.getLogger(__name__)
 
 
+class TaskResult(NamedTuple):
+    items: list[tuple]
+    read: int                # records read
+    outside: int             # events outside the time window
+    untimed: int             # events without a time
+    matched: int             # events matched by the worker
+    positions: int = 0       # a range: positions it used (lines, EVTX records)
+    troubled: bool = False   # an EVTX range: its reader reported a problem
+
+
 class TaskMerger:
     def __init__(self, detector: Detector, add: Callable[[dict], None], stats: Any,
                  on_error: Callable[[ReadError], None], on_file_done: Callable[[Path], None],
-                 on_progress: Callable[[Path, float], None] | None, clock: Callable[[], float]):
+                 on_progress: Callable[[Path, float], None] | None, clock: Callable[[], float],
+                 redo: Callable[[Any], tuple[Any, TaskResult]] | None = None):
         self.detector, self.add, self.stats, self.clock = detector, add, stats, clock
         self.on_error, self.on_file_done, self.on_progress = on_error, on_file_done, on_progress
-        self._next_line: dict[str, int] = {}   # per file: the line its next range starts at
+        self.redo = redo   # an EVTX range -> (the file's rest from there, its result), read here
+        self._next_position: dict[str, int] = {}   # per file: where its next range starts
+        self._redone: set[str] = set()             # EVTX files read to their end by redo
 
     def where(self, task: Any) -> str:
         """A task's place in its file, for messages (correct once the tasks before it merged)."""
         if not task.ranged:
             return task.path
-        return (f"{task.path} from line {self._next_line.get(task.path, 1):,} "
-                f"(bytes {task.start:,}-{task.end:,})")
+        at = self._next_position.get(task.path, 1)
+        if task.evtx:
+            return f"{task.path} from record {at:,} (chunks {task.start:,}-{task.end - 1:,})"
+        return f"{task.path} from line {at:,} (bytes {task.start:,}-{task.end:,})"
 
-    def merge(self, task: Any, result: tuple) -> None:
+    def merge(self, task: Any, result: TaskResult) -> None:
         """One task's result (see sigstream.hunt_jobs._Worker.run), after every earlier task's."""
-        items, n, outside, untimed, matched, lines = result
+        if task.ranged and task.start == 0:   # a file's first range (it may be given twice)
+            self._redone.discard(task.path)
+            self._next_position.pop(task.path, None)
+        if task.ranged and task.path in self._redone:
+            return                      # read already, by the redo of an earlier range
+        if result.troubled and self.redo is not None:
+            self._redone.add(task.path)
+            task, result = self.redo(task)
         stats = self.stats
-        stats.events += n
-        stats.outside += outside
-        stats.untimed += untimed
-        self.detector.events += matched
+        stats.events += result.read
+        stats.outside += result.outside
+        stats.untimed += result.untimed
+        self.detector.events += result.matched
         if task.ranged:
-            line = self._next_line.get(task.path, 1)
-            if line > 1:
-                _shift_positions(items, line - 1)
-            self._next_line[task.path] = line + lines
-        self._items(items)
+            at = self._next_position.get(task.path, 1)
+            if at > 1:
+                _shift_positions(result.items, at - 1)
+            self._next_position[task.path] = at + result.positions
+        self._items(result.items)
         if task.ranged:
             if self.on_progress is not None:
                 self.on_progress(Path(task.path), task.part)
