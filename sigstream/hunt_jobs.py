@@ -71,7 +71,8 @@ from sigstream.time_window import OUTSIDE, UNTIMED, TimeWindow
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20        # a JSON-lines task: at most about this many bytes (whole lines)
+CHUNK_BYTES = 1 << 20        # a task: about this many bytes (small files grouped, or a range)
+SPLIT_TASKS = 4              # a file is cut into ranges from this many tasks' worth on
 IN_FLIGHT_PER_JOB = 3        # tasks submitted ahead per worker (bounds the parent's memory)
 
 _EVTX_MAGIC = b"ElfFile\x00"
@@ -134,20 +135,20 @@ def plan(files: Sequence[Path], chunk_bytes: int, jobs: int = 1) -> Iterator[Tas
     of tasks); a large JSON-lines file as byte ranges ending at line ends, of `chunk_bytes`
     and then smaller towards the file's end (down to 1/8 of it), so that the jobs finish
     together instead of one finishing a large last range alone; a large whole EVTX file as
-    ranges of its 64 KiB chunks, likewise. Other large files (gzip, a truncated EVTX file)
-    are one task each."""
+    ranges of its 64 KiB chunks, likewise ("large": SPLIT_TASKS tasks' worth at least).
+    Other files (gzip, a truncated EVTX file) are one task each."""
     group: list[str] = []
     group_bytes = 0
     for f in files:
         size = _size(f)
-        chunks = evtx_chunks(f) if size > chunk_bytes else 0
-        if chunks:
+        how = split_as(f, size, chunk_bytes)
+        if how == "evtx":
             if group:
                 yield Task(tuple(group))
                 group, group_bytes = [], 0
-            yield from _evtx_ranges(str(f), chunks, chunk_bytes, jobs)
+            yield from _evtx_ranges(str(f), evtx_chunks(f), chunk_bytes, jobs)
             continue
-        if size <= chunk_bytes or not splittable_jsonl(f):
+        if how is None:
             if group and group_bytes + size > chunk_bytes:
                 yield Task(tuple(group))
                 group, group_bytes = [], 0
@@ -171,6 +172,15 @@ def plan(files: Sequence[Path], chunk_bytes: int, jobs: int = 1) -> Iterator[Tas
                 pos = end
     if group:
         yield Task(tuple(group))
+
+
+def split_as(f: Path, size: int, chunk_bytes: int) -> str | None:
+    """"evtx" or "jsonl" if the file is cut into ranges, None if it is one task."""
+    if size < SPLIT_TASKS * chunk_bytes:
+        return None
+    if evtx_chunks(f):
+        return "evtx"
+    return "jsonl" if splittable_jsonl(f) else None
 
 
 def _evtx_ranges(path: str, chunks: int, chunk_bytes: int, jobs: int) -> Iterator[Task]:
@@ -404,7 +414,7 @@ def parallel_reason(files: Sequence[Path], detector: Detector, jobs: int, chunk_
     total = sum(_size(f) for f in files)
     if total < min_bytes:
         return "small input"
-    if len(files) == 1 and (total <= chunk_bytes or not (splittable_jsonl(files[0]) or evtx_chunks(files[0]))):
+    if len(files) == 1 and split_as(files[0], total, chunk_bytes) is None:
         return "one file that is not split"
     return None
 
