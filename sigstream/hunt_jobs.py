@@ -360,14 +360,39 @@ def _result_of(value: Any) -> TaskResult:
     return result
 
 
+_SHM = "/dev/shm"
+
+
 def _results_dir_for_workers() -> str | None:
-    """A private directory on a memory file system for the workers' results, if there is one."""
-    if not os.path.isdir("/dev/shm"):
+    """A private directory on a memory file system for the workers' results, if there is one
+    (named after this process; those of hunts that were killed are removed here)."""
+    if not os.path.isdir(_SHM):
         return None
+    _remove_orphaned_results()
     try:
-        return tempfile.mkdtemp(prefix="sigstream-hunt-", dir="/dev/shm")
+        return tempfile.mkdtemp(prefix=f"sigstream-hunt-{os.getpid()}-", dir=_SHM)
     except OSError:
         return None
+
+
+def _remove_orphaned_results() -> None:
+    """Result directories left by hunts killed with SIGKILL (their process is gone)."""
+    try:
+        names = os.listdir(_SHM)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[:2] != ["sigstream", "hunt"] or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+            continue                     # still running (or not ours to signal: leave it)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        shutil.rmtree(os.path.join(_SHM, name), ignore_errors=True)
 
 
 def _engine_spec(engine: Engine) -> dict[str, Any]:

@@ -389,3 +389,22 @@ def test_a_full_dev_shm_sends_results_through_the_pipe(tmp_path, rules, monkeypa
     one, _, _ = hunt([events], rules, 1)
     many, _, _ = hunt([events], rules, 2, chunk_bytes=8192, start_method="fork")
     assert many == one
+
+
+def test_result_dirs_of_killed_hunts_are_removed(tmp_path, monkeypatch):
+    """A hunt killed with SIGKILL leaves its /dev/shm result directory; the next one removes it
+    (and keeps those of hunts still running)."""
+    import subprocess
+    import sys
+    monkeypatch.setattr(hunt_jobs, "_SHM", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"sigstream-hunt-{dead.pid}-abc").mkdir()
+    (tmp_path / f"sigstream-hunt-{dead.pid}-abc" / "result").write_bytes(b"x")
+    (tmp_path / f"sigstream-hunt-{os.getpid()}-def").mkdir()
+    (tmp_path / "something-else").mkdir()
+    made = hunt_jobs._results_dir_for_workers()
+    assert made and Path(made).parent == tmp_path
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert f"sigstream-hunt-{dead.pid}-abc" not in left
+    assert f"sigstream-hunt-{os.getpid()}-def" in left and "something-else" in left
