@@ -45,6 +45,7 @@ import io
 import json
 import logging
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -443,7 +444,15 @@ def read_evtx_chunks(path: str | os.PathLike, first: int, end: int, read: list[i
     except OSError as e:
         yield ReadError(spath, None, f"cannot read: {e}")
         return
-    yield from _parse_evtx(spath, io.BytesIO(data), read)
+    for item in _parse_evtx(spath, io.BytesIO(data), read):
+        if first and type(item) is ReadError and "chunk number" in item.reason:
+            # the parser numbers the chunks of what it was given: make them the file's
+            item = ReadError(item.path, item.position, _CHUNK_NUMBER.sub(
+                lambda m: f"chunk number {int(m.group(1)) + first}", item.reason), item.raw)
+        yield item
+
+
+_CHUNK_NUMBER = re.compile(r"chunk number (\d+)")
 
 
 # --------------------------------------------------------------------------

@@ -52,6 +52,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20        # a task: about this many bytes (small files grouped, or a range)
 SPLIT_TASKS = 4              # a file is cut into ranges from this many tasks' worth on
 IN_FLIGHT_PER_JOB = 3        # tasks submitted ahead per worker (bounds the parent's memory)
+LOCAL_AHEAD = 8              # results of tasks run by the parent, held behind a slow worker's
 
 _EVTX_MAGIC = b"ElfFile\x00"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -257,7 +259,7 @@ class _Worker:
         engine, detect, clock, defer = self.engine, self.detector.detect, self.clock, self.defer
 
         def unreadable(err: ReadError) -> None:
-            items.append(("R", err.path, err.position, err.reason))
+            items.append(("R", err))
 
         n, outside, untimed = 0, 0, 0
         place = self.window.place if self.window is not None else None
@@ -301,8 +303,7 @@ _results_dir: str | None = None
 def _init_worker(engine_or_spec: Any, defer: bool, clock: Callable[[], float],
                  window: TimeWindow | None = None, results_dir: str | None = None) -> None:
     global _worker, _results_dir
-    if isinstance(engine_or_spec, Engine):   # forked (a spec otherwise)
-        _end_with_parent()
+    _end_with_parent(forked=isinstance(engine_or_spec, Engine))   # a spec when spawned
     _results_dir = results_dir
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles ^C and ends the pool
     engine = engine_or_spec if isinstance(engine_or_spec, Engine) else _engine_from_spec(engine_or_spec)
@@ -311,13 +312,21 @@ def _init_worker(engine_or_spec: Any, defer: bool, clock: Callable[[], float],
     gc.freeze()   # the engine (inherited or built) stays: out of the collector's scans
 
 
-def _end_with_parent() -> None:
-    """Linux, a forked worker: SIGKILL it when its parent dies (kill -9, OOM killer); an
-    orphan would otherwise wait for tasks forever, holding the engine's memory: it holds a
-    copy of the parent's end of its task pipe, which therefore never closes. Spawned and
-    forkserver workers hold none, and see the pipe close."""
+def _end_with_parent(forked: bool) -> None:
+    """End this worker when its parent dies (kill -9, OOM killer): an orphan would wait for
+    tasks forever, holding the engine's memory (its task pipe never closes: a forked worker
+    holds a copy of the parent's end). Forked (Linux): SIGKILL from the kernel. Spawned or
+    forkserver: a thread waits on the parent's sentinel, which no other process holds."""
     parent = multiprocessing.parent_process()
-    if not sys.platform.startswith("linux") or parent is None:
+    if parent is None:
+        return
+    if not forked:
+        def watch() -> None:
+            parent.join()
+            os._exit(1)
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+        return
+    if not sys.platform.startswith("linux"):
         return
     try:
         import ctypes
@@ -361,6 +370,7 @@ def _result_of(value: Any) -> TaskResult:
 
 
 _SHM = "/dev/shm"
+ORPHAN_AGE_S = 600
 
 
 def _results_dir_for_workers() -> str | None:
@@ -385,6 +395,7 @@ def _remove_orphaned_results() -> None:
         parts = name.split("-")
         if len(parts) < 4 or parts[:2] != ["sigstream", "hunt"] or not parts[2].isdigit():
             continue
+        path = os.path.join(_SHM, name)
         try:
             os.kill(int(parts[2]), 0)
             continue                     # still running (or not ours to signal: leave it)
@@ -392,7 +403,12 @@ def _remove_orphaned_results() -> None:
             pass
         except OSError:
             continue
-        shutil.rmtree(os.path.join(_SHM, name), ignore_errors=True)
+        try:   # untouched for a while: not a live hunt of another PID namespace sharing /dev/shm
+            if time.time() - os.stat(path).st_mtime < ORPHAN_AGE_S:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _engine_spec(engine: Engine) -> dict[str, Any]:
@@ -502,7 +518,8 @@ def _pool_hunt(ctx: Any, method: str, tasks: Iterator[Task], detector: Detector,
                 break
             task, result = pending[0]
             if isinstance(result, concurrent.futures.Future):
-                if not result.done() and (extra := next(tasks, None)) is not None:
+                if (not result.done() and len(pending) - in_pool < LOCAL_AHEAD
+                        and (extra := next(tasks, None)) is not None):
                     pending.append((extra, here.run(extra)))   # rather than wait
                     continue
                 try:

@@ -5,7 +5,7 @@ sequential hunt shows them (sigstream.hunt_jobs runs the tasks).
 A result is a list of items, in input order:
     ("A", alerts)                      a matched event's alerts
     ("F", event, source)               a possible script-block fragment, detected here
-    ("R", path, position, reason)      an unreadable record
+    ("R", ReadError)                   an unreadable record
     ("D", path, position, reason)      a record whose detection failed
     ("E", [(rule index, reason)])      evaluation problems (before that event's alerts)
     ("P", path)                        a whole file is done
@@ -18,6 +18,7 @@ whole-file reader goes on from there; the file's later ranges are dropped.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -110,7 +111,7 @@ class TaskMerger:
                 stats.alerts += len(alerts)
             elif tag == "R":
                 stats.unreadable += 1
-                on_error(ReadError(item[1], item[2], item[3]))
+                on_error(item[1])
             elif tag == "D":
                 stats.failed += 1
                 on_error(ReadError(item[1], item[2], item[3]))
@@ -138,5 +139,7 @@ def _shift_positions(items: list[tuple], by: int) -> None:
                     shifted = source
         elif tag == "F":
             item[2]["position"] += by
-        elif tag in ("R", "D") and item[2] is not None:
+        elif tag == "R" and item[1].position is not None:
+            items[i] = ("R", dataclasses.replace(item[1], position=item[1].position + by))
+        elif tag == "D" and item[2] is not None:
             items[i] = (tag, item[1], item[2] + by, item[3])

@@ -73,13 +73,18 @@ def test_large_evtx_files_hunted_by_chunk_ranges_give_the_same_bytes(attack_samp
     src = max(big, key=lambda f: sum(1 for _ in read_records(f)))    # small records: many per chunk
     broken = _corrupted(src, tmp_path / "some-unreadable.evtx", range(5, 6))
     given_up = _corrupted(src, tmp_path / "given-up.evtx", range(5, 8))           # > 100 in a row
-    files = [*big, broken, given_up, big[0]]                                      # one file twice
+    no_chunk5 = tmp_path / "chunk-5-header-broken.evtx"    # a chunk-level error names its chunk
+    data = bytearray(src.read_bytes())
+    data[H + 5 * C:H + 5 * C + 8] = b"\x00" * 8
+    no_chunk5.write_bytes(bytes(data))
+    files = [*big, broken, given_up, no_chunk5, big[0]]                           # one file twice
     tasks = list(hunt_jobs.plan(files, 2 * C, jobs=2))
     assert sum(t.evtx for t in tasks) > 20
     one = _hunt(files, engine, 1)
     many = _hunt(files, engine, 2, chunk_bytes=2 * C)
     assert any("giving up" in e["reason"] for e in one[1])
     assert any("unreadable EVTX record" in e["reason"] for e in one[1])
+    assert any("chunk number 5" in e["reason"] for e in one[1])
     assert one[0].count(b"\n") > 100
     assert many == one
 

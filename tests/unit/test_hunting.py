@@ -321,8 +321,9 @@ def slow_run(self, task):
 hunt_jobs._Worker.run = slow_run
 engine = Engine(load_rules([sys.argv[1]], use_cache=False).rules)
 print("hunting", flush=True)
-hunt_files([Path(sys.argv[2])], Detector(engine), type("S", (), {"add": lambda s, a: None})(),
-           on_error=lambda e: None, jobs=3, chunk_bytes=2048, start_method="fork")
+if __name__ == "__main__":
+    hunt_files([Path(sys.argv[2])], Detector(engine), type("S", (), {"add": lambda s, a: None})(),
+               on_error=lambda e: None, jobs=3, chunk_bytes=2048, start_method=sys.argv[3])
 """
 
 
@@ -352,14 +353,17 @@ def _running(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_forked_workers_end_when_the_hunt_is_killed(tmp_path, rules):
-    """Regression: after kill -9 of the hunt, its forked workers waited for tasks forever."""
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_end_when_the_hunt_is_killed(tmp_path, rules, method):
+    """Regression: after kill -9 of the hunt, its workers waited for tasks forever."""
     import signal
     import subprocess
     import sys
     import time
     events = generated_events(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(rules[0]), str(events)],
+    script = tmp_path / "hunt_then_killed.py"     # a file: spawned workers import __main__
+    script.write_text(ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(rules[0]), str(events), method],
                             stdout=subprocess.PIPE, cwd=REPO, text=True)
     try:
         assert proc.stdout.readline().strip() == "hunting"
@@ -396,6 +400,7 @@ def test_result_dirs_of_killed_hunts_are_removed(tmp_path, monkeypatch):
     (and keeps those of hunts still running)."""
     import subprocess
     import sys
+    import time
     monkeypatch.setattr(hunt_jobs, "_SHM", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -403,8 +408,29 @@ def test_result_dirs_of_killed_hunts_are_removed(tmp_path, monkeypatch):
     (tmp_path / f"sigstream-hunt-{dead.pid}-abc" / "result").write_bytes(b"x")
     (tmp_path / f"sigstream-hunt-{os.getpid()}-def").mkdir()
     (tmp_path / "something-else").mkdir()
+    (tmp_path / f"sigstream-hunt-{dead.pid}-recent").mkdir()    # perhaps another namespace's
+    old = time.time() - hunt_jobs.ORPHAN_AGE_S - 60
+    os.utime(tmp_path / f"sigstream-hunt-{dead.pid}-abc", (old, old))
     made = hunt_jobs._results_dir_for_workers()
     assert made and Path(made).parent == tmp_path
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert f"sigstream-hunt-{dead.pid}-abc" not in left
+    assert f"sigstream-hunt-{dead.pid}-abc" not in left and f"sigstream-hunt-{dead.pid}-recent" in left
     assert f"sigstream-hunt-{os.getpid()}-def" in left and "something-else" in left
+
+
+def test_unreadable_xml_events_keep_their_raw_text_in_parallel(tmp_path):
+    """Regression: --jobs N dropped ReadError.raw (the --errors file lost "raw")."""
+    event = ('<Event xmlns="http://schemas.microsoft.com/win/2004/08/events/event"><System>'
+             '<EventID>{}</EventID><Channel>Microsoft-Windows-Sysmon/Operational</Channel>'
+             '<Computer>h</Computer></System></Event>')
+    files = []
+    for name in ("x.xml", "y.xml"):
+        path = tmp_path / name
+        path.write_text(f"<Events>\n{event.format(1)}\n{event.format('1<')}\n</Events>\n")
+        files.append(path)
+    rule = tmp_path / "r.yml"
+    rule.write_text(TEST_RULES)
+    one, errors_one, _ = hunt(files, [rule], 1)
+    many, errors_many, _ = hunt(files, [rule], 2, min_parallel_bytes=0)
+    assert len(errors_one) == 2 and all(e.get("raw") for e in errors_one)
+    assert errors_many == errors_one and many == one
