@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sigstream import hunt_jobs
+from sigstream import hunt_jobs, hunt_plan
 from sigstream.connectors.readers import (ReadError, evtx_chunks, find_event_files, read_evtx_chunks,
                                           read_records)
 from sigstream.connectors.sinks import JsonlSink
@@ -78,7 +78,7 @@ def test_large_evtx_files_hunted_by_chunk_ranges_give_the_same_bytes(attack_samp
     data[H + 5 * C:H + 5 * C + 8] = b"\x00" * 8
     no_chunk5.write_bytes(bytes(data))
     files = [*big, broken, given_up, no_chunk5, big[0]]                           # one file twice
-    tasks = list(hunt_jobs.plan(files, 2 * C, jobs=2))
+    tasks = list(hunt_plan.plan(files, 2 * C, jobs=2))
     assert sum(t.evtx for t in tasks) > 20
     one = _hunt(files, engine, 1)
     many = _hunt(files, engine, 2, chunk_bytes=2 * C)

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from sigstream import hunt_jobs
+from sigstream import hunt_jobs, hunt_plan
 from sigstream.cli import main
 from sigstream.connectors.readers import find_event_files
 from sigstream.connectors.sinks import JsonlSink
@@ -155,7 +155,7 @@ def test_generated_file_with_split_blocks_and_correlations_same_bytes(tmp_path, 
 def test_plan_covers_the_file_at_line_boundaries(tmp_path):
     events = generated_events(tmp_path)
     data = events.read_bytes()
-    tasks = list(hunt_jobs.plan([events], 4096))
+    tasks = list(hunt_plan.plan([events], 4096))
     assert len(tasks) > 10 and tasks[0].start == 0 and tasks[-1].end == len(data) and tasks[-1].last
     for a, b in zip(tasks, tasks[1:]):
         assert a.end == b.start and data[b.start - 1:b.start] == b"\n"
@@ -308,7 +308,7 @@ def test_the_hunt_progress_bar_starts_no_thread(monkeypatch):
 ORPHAN_SCRIPT = """
 import sys, time
 from pathlib import Path
-from sigstream import hunt_jobs
+from sigstream import hunt_jobs, hunt_plan
 from sigstream.hunting import hunt_files
 from sigstream.stream.detector import Detector
 from sigstream.stream.engine import Engine
