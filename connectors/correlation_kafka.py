@@ -215,11 +215,11 @@ class CorrelationLoop:
 class KafkaChangelog:
     """The compacted state topic: load() reads it whole, write()/flush() acknowledged."""
 
-    def __init__(self, settings: Any, topic: str):
+    def __init__(self, settings: Any, topic: str, producer_class: Any = None):
         from sigstream.connectors.kafka import KafkaRecordProducer
         self.settings = settings
         self.topic = topic
-        self.producer = KafkaRecordProducer(settings, topic)
+        self.producer = (producer_class or KafkaRecordProducer)(settings, topic)
 
     def load(self) -> Mapping[bytes, bytes]:
         from sigstream.connectors.kafka import read_changelog
@@ -239,9 +239,11 @@ class KafkaChangelog:
 
 
 def kafka_correlation_source(settings: Any, topic: str, group: str, loop_ref: list, *,
-                             session_timeout_s: float, max_poll_records: int) -> Any:
-    """A KafkaSource on `topic` whose rebalances restore / drop the loop's partitions
-    (inside poll(), before the records of a newly assigned partition are returned)."""
+                             session_timeout_s: float, max_poll_records: int,
+                             source_class: Any = None) -> Any:
+    """A KafkaSource (or `source_class`, e.g. ConfluentSource) on `topic` whose rebalances
+    restore / drop the loop's partitions (inside poll(), before the records of a newly
+    assigned partition are returned)."""
     from sigstream.connectors.kafka import KafkaSource
 
     def revoked(partitions: list[tuple[str, int]]) -> None:
@@ -252,5 +254,6 @@ def kafka_correlation_source(settings: Any, topic: str, group: str, loop_ref: li
         if loop_ref:
             loop_ref[0].on_assigned(p for t, p in partitions if t == topic)
 
-    return KafkaSource(settings, [topic], group, from_beginning=True, max_poll_records=max_poll_records,
-                       session_timeout_s=session_timeout_s, on_assigned=assigned, on_revoked=revoked)
+    return (source_class or KafkaSource)(
+        settings, [topic], group, from_beginning=True, max_poll_records=max_poll_records,
+        session_timeout_s=session_timeout_s, on_assigned=assigned, on_revoked=revoked)

@@ -192,8 +192,9 @@ def _summary(m: Any, seconds: float, mode: str) -> None:
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, metavar="ADDR",
               help="Address the metrics endpoint listens on.")
 @click.option("--kafka-client", type=click.Choice(["kafka-python", "confluent"]), default="kafka-python",
-              show_default=True, help="Kafka library of the event consumer and alert producer; "
-                                      "confluent (librdkafka) is faster: pip install sigstream[confluent].")
+              show_default=True, help="Kafka library of the event consumer, the alert and dead-letter "
+                                      "producers and correlation over Kafka; confluent (librdkafka) is "
+                                      "faster: pip install sigstream[confluent].")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True, metavar="N",
               help="With a broker: N processor processes in the same consumer group (at most one "
                    "per partition is busy). Worker i serves metrics on --metrics-port + i - 1.")

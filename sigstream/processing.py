@@ -185,10 +185,10 @@ class _KafkaCorrelation:
 
     def __init__(self, detector: Any, settings: Any, *, prefix: str, group: str, alerts_topic: str,
                  until_idle: float | None, commit_interval_s: float, session_timeout_s: float,
-                 batch_size: int):
+                 batch_size: int, kit: Any):
         from sigstream.connectors.correlation_kafka import (CorrelationLoop, KafkaChangelog,
                                                             kafka_correlation_source)
-        from sigstream.connectors.kafka import KafkaAlertSink, KafkaRecordProducer, create_topics
+        from sigstream.connectors.kafka import create_topics
         from sigstream.stream.correlation_forward import CorrelationForwarder
         from sigstream.stream.correlation_stage import CorrelationStage
         from sigstream.stream.topics import correlation_input_topic, correlation_state_topic
@@ -200,7 +200,7 @@ class _KafkaCorrelation:
         input_topic, state_topic = correlation_input_topic(prefix), correlation_state_topic(prefix)
         create_topics(settings, [input_topic], REPARTITION_PARTITIONS, configs=REPARTITION_CONFIGS)
         create_topics(settings, [state_topic], 1, configs=CHANGELOG_CONFIGS)
-        self.producer = KafkaRecordProducer(settings, input_topic)
+        self.producer = kit.record_producer(settings, input_topic)
         forwarder = CorrelationForwarder(correlations, lambda k, v, ts: self.producer.send_at(v, k, ts),
                                          suppressed=suppressed)
         first = detector.stages.index(stages[0])   # the forwarder takes the first one's place
@@ -210,9 +210,9 @@ class _KafkaCorrelation:
         loop_ref: list = []
         self.source = kafka_correlation_source(settings, input_topic, f"{group}.correlation", loop_ref,
                                                session_timeout_s=session_timeout_s,
-                                               max_poll_records=max(batch_size, 1))
-        self.alerts = KafkaAlertSink(settings, alerts_topic)
-        self.changelog = KafkaChangelog(settings, state_topic)
+                                               max_poll_records=max(batch_size, 1), source_class=kit.source)
+        self.alerts = kit.alert_sink(settings, alerts_topic)
+        self.changelog = KafkaChangelog(settings, state_topic, kit.record_producer)
         self.loop = CorrelationLoop(self.source, self.changelog, self.alerts, families=self.families,
                                     state_prefix=group, suppressed=suppressed, lateness_s=lateness,
                                     commit_interval_s=commit_interval_s, until_idle_s=until_idle,
@@ -262,8 +262,8 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
               wrap: Callable[[Any], Any] | None = None, commit_interval_s: float = 1.0,
               topic_prefix: str = "sigstream", metrics_at: tuple[str, int] | None = None,
               kafka_client: str = "kafka-python") -> Any:
-    """kafka_client: the library of the event source and alert/dlq sinks ("kafka-python" or
-    "confluent", connectors.kafka.clients)."""
+    """kafka_client: the library of the event source, the alert/dlq sinks and correlation over
+    Kafka ("kafka-python" or "confluent", connectors.kafka.clients)."""
     from sigstream.connectors.kafka import (KafkaConnectError, KafkaError, KafkaSettings, client_kit,
                                             create_topics)
     from sigstream.stream.correlation_stage import CorrelationStage
@@ -276,13 +276,14 @@ def run_kafka(detector: Any, bootstrap: str, *, group: str, topics: str, from_be
         raise
     except KafkaError as e:
         log.warning("could not create %s/%s (they must exist): %s", alerts_topic, dlq_topic, e)
+    kit = client_kit(kafka_client)
     correlation = None
     if any(isinstance(s, CorrelationStage) for s in detector.stages):
         correlation = _KafkaCorrelation(detector, settings, prefix=topic_prefix, group=group,
                                         alerts_topic=alerts_topic, until_idle=until_idle,
                                         commit_interval_s=commit_interval_s,
-                                        session_timeout_s=session_timeout_s, batch_size=batch_size)
-    kit = client_kit(kafka_client)
+                                        session_timeout_s=session_timeout_s, batch_size=batch_size,
+                                        kit=kit)
     source = kit.source(settings, topics, group, from_beginning=from_beginning,
                         max_poll_records=max(batch_size, 1), session_timeout_s=session_timeout_s)
     alerts = kit.alert_sink(settings, alerts_topic)

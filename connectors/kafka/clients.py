@@ -1,9 +1,9 @@
 """Which Kafka client library the processor's source and sinks use: kafka-python (always
 installed) or confluent-kafka (optional, ``pip install sigstream[confluent]``).
 
-Only the processor's event source and alert / dead-letter sinks switch; the admin
-client, the connection check, the collector's publisher and correlation over Kafka stay
-on kafka-python.
+The processor's event source and alert / dead-letter sinks switch, and so do correlation
+over Kafka's consumer and producers; the admin client (topic creation, the changelog's
+restore read), the connection check and the collector's publisher stay on kafka-python.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class ClientKit:
     source: Any
     alert_sink: Any
     dead_letter_sink: Any
+    record_producer: Any    # acknowledged writes to one topic (send, send_at, flush, close)
 
 
 def client_available(name: str) -> bool:
@@ -41,15 +42,17 @@ def client_kit(name: str) -> ClientKit:
     """The source and sinks of client ``name``; KafkaConnectError (a usage problem) when
     confluent-kafka is asked for and not installed."""
     if name == "kafka-python":
-        from sigstream.connectors.kafka.producer import KafkaAlertSink, KafkaDeadLetterSink
+        from sigstream.connectors.kafka.producer import (KafkaAlertSink, KafkaDeadLetterSink,
+                                                         KafkaRecordProducer)
         from sigstream.connectors.kafka.source import KafkaSource
-        return ClientKit(name, KafkaSource, KafkaAlertSink, KafkaDeadLetterSink)
+        return ClientKit(name, KafkaSource, KafkaAlertSink, KafkaDeadLetterSink, KafkaRecordProducer)
     if name == "confluent":
         if not client_available(name):
             raise KafkaConnectError(CONFLUENT_MISSING, config=True)
         from sigstream.connectors.kafka.confluent import (ConfluentAlertSink, ConfluentDeadLetterSink,
-                                                          ConfluentSource)
-        return ClientKit(name, ConfluentSource, ConfluentAlertSink, ConfluentDeadLetterSink)
+                                                          ConfluentRecordProducer, ConfluentSource)
+        return ClientKit(name, ConfluentSource, ConfluentAlertSink, ConfluentDeadLetterSink,
+                         ConfluentRecordProducer)
     raise KafkaConnectError(f"unknown Kafka client {name!r} (one of {', '.join(KAFKA_CLIENTS)})",
                             config=True)
 

@@ -222,7 +222,10 @@ def test_two_processors_give_the_same_correlations_as_hunt(kafka_bootstrap, tmp_
     assert sum(p.final_metrics()["events"] for p in procs) >= len(f1) + len(f2)
 
 
-def test_sigkill_then_restart_gives_the_same_correlations_as_hunt(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("restart_client", ["kafka-python", "confluent"])
+def test_sigkill_then_restart_gives_the_same_correlations_as_hunt(kafka_bootstrap, tmp_path, restart_client):
+    """restart_client confluent: the restarted processor's correlation consumer and producers
+    are librdkafka's, restoring what kafka-python's wrote (same key -> partition placement)."""
     rules, p1, p2 = write_inputs(tmp_path)
     want = hunt_correlation_ids(rules, p1, p2)
     prefix, group = fresh("corrkill"), fresh("g")
@@ -240,7 +243,8 @@ def test_sigkill_then_restart_gives_the_same_correlations_as_hunt(kafka_bootstra
     state = read_topic(kafka_bootstrap, f"{prefix}.correlation-state", timeout=10, idle=1)
     assert state, "no snapshot was written before the kill"
     collect(kafka_bootstrap, prefix, p2, tmp_path / "spool")
-    second = Proc(run_args(kafka_bootstrap, prefix, group, rules, *common, "--until-idle", "6"))
+    second = Proc(run_args(kafka_bootstrap, prefix, group, rules, *common, "--until-idle", "6",
+                           "--kafka-client", restart_client))
     assert second.wait(90) == 0, second.tail()
     got = correlation_alerts(kafka_bootstrap, prefix, len(want))
     ids = [a["alert_id"] for a in got]
@@ -249,3 +253,6 @@ def test_sigkill_then_restart_gives_the_same_correlations_as_hunt(kafka_bootstra
     assert second.final_metrics()["events"] == len(stories()[1]), second.tail()
     restored = [d for d in second.logs() if d.get("event") == "correlation_restored"]
     assert sum(d["held"] for d in restored) > 0, second.tail()
+    client_of_input = {d["logger"].rsplit(".", 1)[-1] for d in second.logs()
+                       if "partitions assigned" in d.get("msg", "") and "correlation-input" in d["msg"]}
+    assert client_of_input == {"confluent" if restart_client == "confluent" else "source"}, second.tail()
