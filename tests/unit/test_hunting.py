@@ -380,6 +380,9 @@ def test_workers_end_when_the_hunt_is_killed(tmp_path, rules, method):
     finally:
         if proc.poll() is None:
             proc.kill()
+        import shutil   # the killed hunt's result directory (a later hunt would remove it)
+        for leftover in Path(hunt_jobs._SHM).glob(f"sigstream-hunt-{proc.pid}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def test_a_full_dev_shm_sends_results_through_the_pipe(tmp_path, rules, monkeypatch):
