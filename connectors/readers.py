@@ -339,9 +339,7 @@ def _read_evtx(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iter
         yield source_info
         return
     fobj, size, header = source_info
-    declared_chunks = struct.unpack_from("<H", header, 42)[0] if len(header) >= 44 else 0
-    body = max(0, size - _EVTX_HEADER_SIZE)
-    full_chunks, partial = divmod(body, _EVTX_CHUNK_SIZE)
+    full_chunks, partial, declared_chunks = _evtx_layout(header, size)
     truncated = partial != 0 or full_chunks < declared_chunks
     source: Any = fobj
     if not _gz_or_tmp(fobj) and not partial:
@@ -373,6 +371,14 @@ def _read_evtx(path: Path, opened: tuple[IO[bytes], bool] | None = None) -> Iter
             f"= {_EVTX_HEADER_SIZE + declared_chunks * _EVTX_CHUNK_SIZE} bytes, "
             f"last chunk {'has only %d bytes' % partial if partial else 'missing'}); "
             "records after the ones read are lost")
+
+
+def _evtx_layout(header: bytes, size: int) -> tuple[int, int, int]:
+    """(full chunks, bytes of a partial last chunk, chunks the header declares) of an EVTX
+    file of `size` bytes; it is whole when there is no partial chunk and none is missing."""
+    declared = struct.unpack_from("<H", header, 42)[0] if len(header) >= 44 else 0
+    full, partial = divmod(max(0, size - _EVTX_HEADER_SIZE), _EVTX_CHUNK_SIZE)
+    return full, partial, declared
 
 
 def _parse_evtx(spath: str, source: Any, read: list[int]) -> Generator[Item, None, bool]:
@@ -422,11 +428,10 @@ def evtx_chunks(path: str | os.PathLike) -> int:
             size = os.fstat(f.fileno()).st_size
     except OSError:
         return 0
-    if header[:8] != _EVTX_MAGIC or len(header) < 44:
+    if header[:8] != _EVTX_MAGIC:
         return 0
-    chunks, partial = divmod(size - _EVTX_HEADER_SIZE, _EVTX_CHUNK_SIZE)
-    declared = struct.unpack_from("<H", header, 42)[0]
-    return chunks if size >= _EVTX_HEADER_SIZE and not partial and chunks >= declared else 0
+    chunks, partial, declared = _evtx_layout(header, size)
+    return chunks if not partial and chunks >= declared else 0
 
 
 def read_evtx_chunks(path: str | os.PathLike, first: int, end: int, read: list[int]) -> Iterator[Item]:
