@@ -90,13 +90,13 @@ def plan(files: Sequence[Path], chunk_bytes: int, jobs: int = 1) -> Iterator[Tas
         with open(f, "rb") as fh:
             pos = 0
             while pos < size:
-                target = min(chunk_bytes, max(chunk_bytes // 8, (size - pos) // (2 * jobs)))
+                target = _range_size(chunk_bytes, size - pos, jobs)
                 fh.seek(min(pos + target, size))
                 if fh.tell() < size:
                     fh.readline()             # to the end of the line the target falls in
                 end = min(fh.tell(), size)
-                if size - end < target // 4:
-                    end = size                # no tiny tail task
+                if _tiny_tail(size - end, target):
+                    end = size
                 yield Task((str(f),), pos, end, True, (end - pos) / size, end >= size)
                 pos = end
     if group:
@@ -112,14 +112,26 @@ def split_as(f: Path, size: int, chunk_bytes: int) -> str | None:
     return "jsonl" if splittable_jsonl(f) else None
 
 
+def _range_size(per_task: int, left: int, jobs: int) -> int:
+    """The next range (bytes or chunks): `per_task`, smaller once what is `left` of the file
+    is less than 2 * jobs ranges, but not under per_task / 8."""
+    return min(per_task, max(1, per_task // 8, left // (2 * jobs)))
+
+
+def _tiny_tail(left: int, target: int) -> bool:
+    """Is what would be left after a range too small for a task of its own (then the range
+    takes it)?"""
+    return left < max(1, target // 4)
+
+
 def _evtx_ranges(path: str, chunks: int, chunk_bytes: int, jobs: int) -> Iterator[Task]:
     per_task = max(1, chunk_bytes // EVTX_CHUNK_BYTES)
     first = 0
     while first < chunks:
-        target = min(per_task, max(1, per_task // 8, (chunks - first) // (2 * jobs)))
+        target = _range_size(per_task, chunks - first, jobs)
         end = min(chunks, first + target)
-        if chunks - end < max(1, target // 4):
-            end = chunks                # no tiny tail task
+        if _tiny_tail(chunks - end, target):
+            end = chunks
         yield Task((path,), first, end, True, (end - first) / chunks, end >= chunks, evtx=True)
         first = end
 
