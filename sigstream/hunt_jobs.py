@@ -161,7 +161,8 @@ class _Worker:
                 alerts = detect(event, source, clock())
             except Exception as e:  # noqa: BLE001 - one bad record never stops a hunt
                 alerts = None
-                failure = ("D", src.path, src.position, f"detection failed: {type(e).__name__}: {e}")
+                failure = ("D", ReadError(src.path, src.position,
+                                          f"detection failed: {type(e).__name__}: {e}"))
             if engine.error_count != errors_seen:   # evaluation problems, before the alerts
                 new = engine.error_count - errors_seen
                 errors_seen = engine.error_count

@@ -6,7 +6,7 @@ A result is a list of items, in input order:
     ("A", alerts)                      a matched event's alerts
     ("F", event, source)               a possible script-block fragment, detected here
     ("R", ReadError)                   an unreadable record
-    ("D", path, position, reason)      a record whose detection failed
+    ("D", ReadError)                   a record whose detection failed
     ("E", [(rule index, reason)])      evaluation problems (before that event's alerts)
     ("P", path)                        a whole file is done
 A range of a file (JSON lines, EVTX chunks) numbers its positions from 1; the merger knows
@@ -114,7 +114,7 @@ class TaskMerger:
                 on_error(item[1])
             elif tag == "D":
                 stats.failed += 1
-                on_error(ReadError(item[1], item[2], item[3]))
+                on_error(item[1])
             elif tag == "E":
                 rules = detector.engine.rules
                 for index, reason in item[1]:
@@ -139,7 +139,5 @@ def _shift_positions(items: list[tuple], by: int) -> None:
                     shifted = source
         elif tag == "F":
             item[2]["position"] += by
-        elif tag == "R" and item[1].position is not None:
-            items[i] = ("R", dataclasses.replace(item[1], position=item[1].position + by))
-        elif tag == "D" and item[2] is not None:
-            items[i] = (tag, item[1], item[2] + by, item[3])
+        elif tag in ("R", "D") and item[1].position is not None:
+            items[i] = (tag, dataclasses.replace(item[1], position=item[1].position + by))

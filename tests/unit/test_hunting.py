@@ -437,3 +437,21 @@ def test_unreadable_xml_events_keep_their_raw_text_in_parallel(tmp_path):
     many, errors_many, _ = hunt(files, [rule], 2, min_parallel_bytes=0)
     assert len(errors_one) == 2 and all(e.get("raw") for e in errors_one)
     assert errors_many == errors_one and many == one
+
+
+def test_a_failed_detection_is_reported_at_the_same_place_in_parallel(tmp_path, rules, monkeypatch):
+    """Detection failures of later ranges: the same error, at the file's line number."""
+    from sigstream.stream.detector import Detector as RealDetector
+    real_match = RealDetector._match
+
+    def failing(self, event, source, now):
+        if event.get("EventRecordID") in (600, 602):
+            raise RuntimeError("boom")
+        return real_match(self, event, source, now)
+    monkeypatch.setattr(RealDetector, "_match", failing)   # forked workers inherit it
+    events = generated_events(tmp_path)
+    one, errors_one, stats_one = hunt([events], rules, 1)
+    many, errors_many, stats_many = hunt([events], rules, 2, chunk_bytes=4096, start_method="fork")
+    failed = [e for e in errors_one if e["reason"] == "detection failed: RuntimeError: boom"]
+    assert len(failed) == 2 and all(e["position"] > 200 for e in failed)
+    assert errors_many == errors_one and many == one and stats_many.failed == stats_one.failed == 2
